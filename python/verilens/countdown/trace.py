@@ -1,0 +1,162 @@
+"""Parsing the mode-collapsed chain of thought into attempts (PAPER.md section 2).
+
+    - 90 - 67 - 60 + 12 = -15 (not 49)
+    - 68 - 11 + 5 = 57 + 5 = 62 (this works)
+
+Each line that starts with a "- " bullet and contains "=" is an attempt. Malformed
+lines are skipped; `parse_trace` never raises on arbitrary text."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+from .arith import evaluate
+
+_BULLET_RE = re.compile(r"^[ \t]*[-*•][ \t]+")
+# the claimed value right before the verdict: an integer, a decimal or a fraction a/b
+_CLAIM_RE = re.compile(r"(-?\s?\d+(?:\.\d+)?(?:\s*/\s*\d+)?)\s*$")
+
+
+@dataclass
+class Attempt:
+    """One attempt line. Offsets are character offsets into the parsed text."""
+
+    expression: str
+    segments: list[str]
+    claimed: float | None
+    verdict: str | None  # "valid" for "(this works)", "invalid" for "(not ...", else None
+    arithmetic_ok: bool
+    hits_target: bool
+    marker: int | None  # offset of the " (" that opens the verdict
+    value: float | None = None  # the expression's true value
+    line: str = ""
+    start: int = 0  # offset of the line
+    verdict_text: str | None = field(default=None, repr=False)
+
+    @property
+    def is_correct(self) -> bool:
+        """The arithmetic is right and reaches the target."""
+        return self.arithmetic_ok and self.hits_target
+
+    def uses_numbers(self, nums) -> bool:
+        """The expression uses exactly the problem's numbers, each once."""
+        return sorted(int(n) for n in re.findall(r"\d+", self.expression)) == sorted(int(n) for n in nums)
+
+
+def _number(text: str) -> Fraction | None:
+    text = text.replace(" ", "")
+    try:
+        if "/" in text:
+            a, b = text.split("/")
+            return Fraction(a) / Fraction(b)
+        return Fraction(text)
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+def _close(seg_text: str, seg_value: Fraction, value: Fraction) -> bool:
+    """A segment matches the true value exactly, or to the decimals it was written with."""
+    if seg_value == value:
+        return True
+    m = re.fullmatch(r"\s*-?\d+\.(\d+)\s*", seg_text)
+    return bool(m) and abs(seg_value - value) <= Fraction(1, 2 * 10 ** len(m.group(1)))
+
+
+def _as_number(x: Fraction | None):
+    if x is None:
+        return None
+    return int(x) if x.denominator == 1 else float(x)
+
+
+def _parse_line(line: str, start: int, target) -> Attempt | None:
+    bullet = _BULLET_RE.match(line)
+    if not bullet or "=" not in line:
+        return None
+    body_start = bullet.end()
+    body = line[body_start:]
+    parts = body.split("=")
+    expression = parts[0].strip()
+    if not expression:
+        return None
+    last = parts[-1]
+    # the verdict opens with " (" after the last "="
+    paren = last.find("(")
+    marker = None
+    verdict = verdict_text = None
+    claim_text = last
+    if paren >= 0:
+        claim_text = last[:paren]
+        rel = body_start + len(body) - len(last) + paren  # offset of "(" within the line
+        marker = start + rel - 1 if rel > 0 and line[rel - 1] == " " else start + rel
+        verdict_text = last[paren + 1 :].strip()
+        low = verdict_text.lower()
+        if low.startswith("this works"):
+            verdict = "valid"
+        elif low.startswith("not"):
+            verdict = "invalid"
+    segments = [p.strip() for p in parts[1:-1]] + [claim_text.strip()]
+    m = _CLAIM_RE.search(claim_text)
+    claimed = _number(m.group(1)) if m else None
+    value = evaluate(expression)
+    arithmetic_ok = value is not None and all(
+        (v := evaluate(s)) is not None and _close(s, v, value) for s in segments
+    )
+    try:
+        hits = claimed is not None and claimed == Fraction(target)
+    except (TypeError, ValueError):
+        hits = False
+    return Attempt(
+        expression=expression,
+        segments=segments,
+        claimed=_as_number(claimed),
+        verdict=verdict,
+        arithmetic_ok=bool(arithmetic_ok),
+        hits_target=bool(hits),
+        marker=marker,
+        value=_as_number(value),
+        line=line,
+        start=start,
+        verdict_text=verdict_text,
+    )
+
+
+def parse_trace(text, target) -> list[Attempt]:
+    """All attempts in `text`, in order. Never raises; non-attempt lines are skipped."""
+    if not isinstance(text, str):
+        return []
+    attempts, pos = [], 0
+    for line in text.split("\n"):
+        try:
+            a = _parse_line(line, pos, target)
+        except Exception:  # defensive: arbitrary text must never raise
+            a = None
+        if a is not None:
+            attempts.append(a)
+        pos += len(line) + 1
+    return attempts
+
+
+def char_to_token(tokenizer, text: str, char_offset: int, add_special_tokens: bool = False) -> int:
+    """Index of the token of `tokenizer.encode(text)` that covers character `char_offset`
+    (for the marker " (", the " (" token). Works for fast tokenizers (offset mapping) and
+    slow ones (by decoding prefixes)."""
+    if not 0 <= char_offset < len(text):
+        raise IndexError(f"char offset {char_offset} outside text of length {len(text)}")
+    try:
+        enc = tokenizer(text, return_offsets_mapping=True, add_special_tokens=add_special_tokens)
+        offsets = enc["offset_mapping"]
+        for i, (s, e) in enumerate(offsets):
+            if e > char_offset and e > s:
+                return i
+    except (NotImplementedError, TypeError, KeyError):
+        pass
+    ids = tokenizer.encode(text, add_special_tokens=add_special_tokens)
+    lo, hi = 0, len(ids) - 1
+    while lo < hi:  # first i with len(decode(ids[:i+1])) > char_offset
+        mid = (lo + hi) // 2
+        if len(tokenizer.decode(ids[: mid + 1])) > char_offset:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo

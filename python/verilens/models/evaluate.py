@@ -1,0 +1,96 @@
+"""`verilens eval`: how well a model solves CountDown and verifies its own attempts.
+
+Greedy generations on problems of the "test" split (never seen by countdown-tiny in
+training), parsed into attempts. Metrics:
+- parse_rate: generations with >= 1 attempt, a verdict and a claimed value on every
+  attempt, and an <answer> on the last line;
+- verdict_agreement: attempts whose verdict ("this works" / "not") matches whether the
+  claimed value equals the target, also broken down by attempt position (1 = first),
+  so a positional shortcut would show;
+- arithmetic_accuracy: attempts whose every "=" segment equals the expression's value;
+- solve_rate: generations with reward 1.0; mean_reward: TinyZero's reward."""
+from __future__ import annotations
+
+from collections import defaultdict
+
+import torch
+
+from ..countdown import generate_problems, parse_trace, prompt, reward
+from ..countdown.reward import extract_solution
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompts, max_new_tokens=400, batch_size=50, progress=True, desc="generate"):
+    """Greedy continuations of `prompts` (batched, left padded); returns the new text."""
+    from tqdm.auto import tqdm
+
+    tokenizer.padding_side = "left"
+    outs = []
+    device = next(model.parameters()).device
+    for i in tqdm(range(0, len(prompts), batch_size), desc=desc, disable=not progress):
+        chunk = prompts[i : i + batch_size]
+        enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
+        ids = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                             pad_token_id=tokenizer.pad_token_id)
+        outs += tokenizer.batch_decode(ids[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    return outs
+
+
+def score_generations(problems, generations, template="base") -> dict:
+    """The eval metrics of `generations` (responses to `prompt(problem, template)`)."""
+    parsed = 0
+    n_att = agree = arith = 0
+    by_pos = defaultdict(lambda: [0, 0])
+    rewards, n_valid, n_invalid, both = [], 0, 0, 0
+    failed_before = []
+    for p, g in zip(problems, generations):
+        atts = parse_trace(g, p.target)
+        full = prompt(p, template) + g
+        r = reward(full, p.nums, p.target)
+        rewards.append(r)
+        if atts and all(a.verdict is not None and a.claimed is not None for a in atts) \
+                and extract_solution(full) is not None:
+            parsed += 1
+        verdicts = [a.verdict for a in atts]
+        if "valid" in verdicts and "invalid" in verdicts:
+            both += 1
+        if "valid" in verdicts:
+            failed_before.append(verdicts.index("valid"))
+        for k, a in enumerate(atts, 1):
+            n_att += 1
+            arith += a.arithmetic_ok
+            n_valid += a.verdict == "valid"
+            n_invalid += a.verdict == "invalid"
+            ok = a.verdict is not None and (a.verdict == "valid") == a.hits_target
+            agree += ok
+            by_pos[k][0] += ok
+            by_pos[k][1] += 1
+    n = max(1, len(generations))
+    return {
+        "n": len(generations),
+        "parse_rate": parsed / n,
+        "verdict_agreement": agree / max(1, n_att),
+        "arithmetic_accuracy": arith / max(1, n_att),
+        "solve_rate": sum(r == 1.0 for r in rewards) / n,
+        "mean_reward": sum(rewards) / n,
+        "n_attempts": n_att,
+        "n_valid_verdicts": n_valid,
+        "n_invalid_verdicts": n_invalid,
+        "both_verdicts_rate": both / n,
+        "mean_failed_before_valid": sum(failed_before) / max(1, len(failed_before)),
+        "verdict_agreement_by_position": {
+            str(k): {"agreement": v[0] / v[1], "attempts": v[1]} for k, v in sorted(by_pos.items())
+        },
+    }
+
+
+def evaluate(loaded, n=500, seed=0, template="base", max_new_tokens=400, batch_size=50, progress=True,
+             return_generations=False):
+    """Generate on `n` test-split problems and score them (see module doc)."""
+    problems = generate_problems(n, seed=seed, split="test")
+    gens = generate(loaded.hf_model, loaded.tokenizer, [prompt(p, template) for p in problems],
+                    max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)
+    metrics = {"model": loaded.name, "seed": seed, "template": template, **score_generations(problems, gens, template)}
+    if return_generations:
+        return metrics, problems, gens
+    return metrics

@@ -1,0 +1,176 @@
+"""Loading models: the built-in registry, local Hugging Face folders, GGUF files.
+
+Nothing here touches the network unless the user names a hub id while online; with
+HF_HUB_OFFLINE=1 (or no network) a hub id gets a verilens error that says how to
+download the folder elsewhere and pass its path."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..errors import VerilensError
+
+# Causal LMs whose decoder layers have the Qwen2/Llama shape (q/k/v/o projections,
+# SiLU-GLU MLP with gate/up/down, RMSNorm): what the analyses are written for.
+SUPPORTED_MODEL_TYPES = ("qwen2", "llama", "mistral", "qwen3")
+BUILTIN = {"countdown-tiny": "countdown-tiny"}
+
+
+@dataclass
+class LoadedModel:
+    """A Hugging Face causal LM with its tokenizer (the hooked runtime wraps this)."""
+
+    hf_model: torch.nn.Module
+    tokenizer: object
+    name: str
+    source: str  # folder or file it came from
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.hf_model.parameters()).device
+
+
+def builtin_path(name: str) -> Path:
+    """Folder of a model shipped inside the package."""
+    if name not in BUILTIN:
+        raise VerilensError(f"unknown built-in model {name!r}; built-in: {sorted(BUILTIN)}")
+    path = Path(__file__).parent / BUILTIN[name]
+    if not (path / "config.json").exists():
+        raise VerilensError(
+            f"the built-in model files are missing from {path}; reinstall verilens or run "
+            f"`verilens train {name} --out DIR` and load DIR/model"
+        )
+    return path
+
+
+def _resolve_dtype(dtype):
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    table = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
+             "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+    if dtype not in table:
+        raise VerilensError(f"unknown dtype {dtype!r}; use one of {sorted(table)}")
+    return table[dtype]
+
+
+def _check_model_type(config_path: Path):
+    try:
+        cfg = json.loads(config_path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise VerilensError(f"cannot read {config_path}: {e}") from e
+    model_type = cfg.get("model_type")
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise VerilensError(
+            f"{config_path.parent}: model_type {model_type!r} is not supported; verilens analyses "
+            f"decoder-only LMs with a SiLU-GLU MLP: {', '.join(SUPPORTED_MODEL_TYPES)}"
+        )
+
+
+def _looks_like_hub_id(s: str) -> bool:
+    parts = s.split("/")
+    return len(parts) == 2 and all(parts) and not s.startswith((".", "~")) and not s.endswith(".gguf")
+
+
+def _hub_error(name: str) -> VerilensError:
+    return VerilensError(
+        f"{name!r} is not a local folder, and models are not downloaded here (offline). On a "
+        f"machine with internet run `huggingface-cli download {name} --local-dir DIR` (or "
+        f"`hf download {name} --local-dir DIR`), copy DIR here and pass its path: verilens.load('DIR')"
+    )
+
+
+def _drop_gguf_quantizer(model) -> None:
+    """A dequantised GGUF model is a plain dense model, but transformers 5 still marks it
+    as quantized: save_pretrained refuses ("not serializable") and .float()/.half() raise.
+    Forget the quantizer so it behaves like any other checkpoint."""
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model, "quantization_method"):
+        model.quantization_method = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+
+
+def load(name_or_path, device=None, dtype=None) -> LoadedModel:
+    """Load a causal LM and its tokenizer.
+
+    `name_or_path`: "countdown-tiny" (built in, offline), a local Hugging Face folder of
+    a Qwen2/Qwen2.5/Qwen3/Llama/Mistral-family model, or a .gguf file (dequantised to
+    `dtype`). `dtype` defaults to float32 on CPU and bfloat16 on CUDA; `device` to CPU."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    name = str(name_or_path)
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    dtype = _resolve_dtype(dtype) or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    gguf_file = None
+    if name in BUILTIN:
+        path = builtin_path(name)
+    else:
+        path = Path(name).expanduser()
+        if not path.exists():
+            if _looks_like_hub_id(name):
+                if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+                    raise _hub_error(name)
+                path = None  # online: let transformers fetch it
+            else:
+                raise VerilensError(f"model path not found: {path}")
+        elif path.is_file():
+            if path.suffix != ".gguf":
+                raise VerilensError(f"{path} is a file but not a .gguf; pass a model folder or a GGUF file")
+            gguf_file, path = path.name, path.parent
+        elif not (path / "config.json").exists():
+            raise VerilensError(f"{path} has no config.json: not a Hugging Face model folder")
+        else:
+            _check_model_type(path / "config.json")
+    source = name if path is None else str(path / gguf_file if gguf_file else path)
+    kwargs = {"dtype": dtype}
+    if gguf_file:
+        kwargs["gguf_file"] = gguf_file
+        try:
+            import gguf  # noqa: F401
+        except ImportError as e:
+            raise VerilensError("loading GGUF needs the gguf package: pip install 'verilens[gguf]'") from e
+        try:  # transformers 5 can keep GGUF weights packed (GgufLinear); the analyses need dense Linears
+            from transformers import GgufConfig
+
+            kwargs["quantization_config"] = GgufConfig(dequantize=True)
+        except ImportError:  # transformers 4 always dequantises
+            pass
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name if path is None else path, **(
+            {"gguf_file": gguf_file} if gguf_file else {}))
+        model = AutoModelForCausalLM.from_pretrained(name if path is None else path, **kwargs)
+    except (OSError, ValueError) as e:
+        if path is None:
+            raise _hub_error(name) from e
+        raise VerilensError(f"could not load {source}: {e}") from e
+    if gguf_file:
+        _drop_gguf_quantizer(model)
+    model_type = getattr(model.config, "model_type", None)
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise VerilensError(f"{source}: model_type {model_type!r} is not supported ({', '.join(SUPPORTED_MODEL_TYPES)})")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.to(device).eval()
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return LoadedModel(model, tokenizer, name if name in BUILTIN else Path(source).name, source)
+
+
+def convert_gguf(gguf_path, out_dir, dtype=torch.float32) -> Path:
+    """Dequantise a GGUF checkpoint once into a safetensors Hugging Face folder (fast to
+    reload, and usable by any tool). Returns `out_dir`."""
+    out = Path(out_dir)
+    m = load(gguf_path, dtype=dtype)
+    tmp = out.with_name(out.name + ".tmp")
+    m.hf_model.save_pretrained(tmp, safe_serialization=True)
+    m.tokenizer.save_pretrained(tmp)
+    if out.exists():
+        import shutil
+
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    return out

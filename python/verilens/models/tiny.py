@@ -1,0 +1,89 @@
+"""countdown-tiny: a small Qwen2 CountDown reasoner, trained by `verilens train`.
+
+The architecture is transformers' own Qwen2ForCausalLM (GQA, RMSNorm, RoPE, SiLU GLU),
+so every analysis runs the same code path as Qwen2.5-3B, just smaller. The training
+data are synthetic mode-collapsed traces (verilens.countdown.synth) on the "train"
+side of `problem_split`, with the base prompt; the loss covers the response only."""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import torch
+
+from ..countdown import generate_problems, prompt, write_trace
+
+NAME = "countdown-tiny"
+
+
+@dataclass
+class TinySpec:
+    """Everything that defines a countdown-tiny run; the defaults reproduce the shipped model."""
+
+    seed: int = 0
+    hidden_size: int = 192
+    num_hidden_layers: int = 6
+    num_attention_heads: int = 6
+    num_key_value_heads: int = 2
+    intermediate_size: int = 576
+    vocab_size: int = 576  # the trained BPE (~530 tokens) padded to a multiple of 64
+    max_position_embeddings: int = 1024
+    tokenizer_vocab: int = 1024  # BPE merge budget; it stops early when the corpus is covered
+    tokenizer_corpus: int = 3000  # traces used to train the tokenizer
+    n_problems: int = 40000  # training problems (train split); traces are redrawn every time
+    batch_size: int = 32
+    steps: int = 1100
+    lr: float = 3e-3
+    warmup: int = 50
+    weight_decay: float = 0.05
+
+
+def qwen2_config(spec: TinySpec, tokenizer):
+    from transformers import Qwen2Config
+
+    return Qwen2Config(
+        vocab_size=spec.vocab_size,
+        hidden_size=spec.hidden_size,
+        intermediate_size=spec.intermediate_size,
+        num_hidden_layers=spec.num_hidden_layers,
+        num_attention_heads=spec.num_attention_heads,
+        num_key_value_heads=spec.num_key_value_heads,
+        max_position_embeddings=spec.max_position_embeddings,
+        rms_norm_eps=1e-6,
+        rope_theta=10000.0,
+        hidden_act="silu",
+        tie_word_embeddings=False,
+        bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.eos_token_id,
+    )
+
+
+def training_texts(problems, rng: random.Random):
+    """(prompt, response) pairs with fresh synthetic traces."""
+    for p in problems:
+        yield prompt(p), write_trace(p, rng)
+
+
+def encode_example(tokenizer, prompt_text: str, response: str):
+    """Token ids and loss mask (1 on response tokens and the final EOS)."""
+    p_ids = tokenizer.encode(prompt_text, add_special_tokens=False)
+    r_ids = tokenizer.encode(response, add_special_tokens=False) + [tokenizer.eos_token_id]
+    return p_ids + r_ids, [0] * len(p_ids) + [1] * len(r_ids)
+
+
+def collate(examples, pad_id: int):
+    """Right-padded batch: input_ids, attention_mask, labels (-100 where no loss)."""
+    n = max(len(ids) for ids, _ in examples)
+    ids = torch.full((len(examples), n), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(examples), n), dtype=torch.long)
+    labels = torch.full((len(examples), n), -100, dtype=torch.long)
+    for i, (x, m) in enumerate(examples):
+        ids[i, : len(x)] = torch.tensor(x)
+        attn[i, : len(x)] = 1
+        labels[i, : len(x)] = torch.where(torch.tensor(m) == 1, torch.tensor(x), torch.tensor(-100))
+    return ids, attn, labels
+
+
+def train_problems(spec: TinySpec):
+    return generate_problems(spec.n_problems, seed=spec.seed, split="train")

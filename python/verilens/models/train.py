@@ -1,0 +1,149 @@
+"""`verilens train countdown-tiny`: reproduce the built-in model from a seed.
+
+Deterministic for a seed: batches depend only on (seed, step), so a run resumed from
+a checkpoint sees exactly the batches an uninterrupted run would. Checkpoints are
+written atomically every `checkpoint_every` steps into the output folder."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from ..errors import VerilensError
+from .tiny import TinySpec, collate, encode_example, qwen2_config, train_problems, training_texts
+from .tokenizer import train_tokenizer
+
+GROUP = 8  # batches are drawn GROUP at a time and bucketed by length to cut padding
+
+
+def _atomic_torch_save(obj, path: Path):
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _group_batches(spec, problems, tokenizer, group: int):
+    rng = random.Random(spec.seed * 1_000_003 + group)
+    chosen = [problems[rng.randrange(len(problems))] for _ in range(GROUP * spec.batch_size)]
+    examples = [encode_example(tokenizer, p, r) for p, r in training_texts(chosen, rng)]
+    examples.sort(key=lambda e: len(e[0]))
+    batches = [examples[i * spec.batch_size : (i + 1) * spec.batch_size] for i in range(GROUP)]
+    rng.shuffle(batches)
+    return batches
+
+
+def _lr(spec, step):
+    if step < spec.warmup:
+        return spec.lr * (step + 1) / spec.warmup
+    t = (step - spec.warmup) / max(1, spec.steps - spec.warmup)
+    return spec.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def train(out_dir, spec: TinySpec | None = None, checkpoint_every: int = 50, threads: int | None = None,
+          progress: bool = True, until_step: int | None = None):
+    """Train countdown-tiny into `out_dir` (resuming if a checkpoint is there); returns the
+    path of the final model folder (`out_dir/model`), or None when `until_step` stopped
+    the run early (a checkpoint is written there, so calling again resumes)."""
+    from tqdm.auto import tqdm
+    from transformers import AutoTokenizer, Qwen2ForCausalLM
+
+    spec = spec or TinySpec()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if threads:
+        torch.set_num_threads(threads)
+    spec_file = out / "spec.json"
+    if spec_file.exists():
+        saved = json.loads(spec_file.read_text())
+        if saved != asdict(spec):
+            raise VerilensError(f"{out} holds a run with different settings; use another --out")
+    else:
+        spec_file.write_text(json.dumps(asdict(spec), indent=1))
+
+    torch.manual_seed(spec.seed)
+    problems = train_problems(spec)
+    tok_dir = out / "tokenizer"
+    if (tok_dir / "tokenizer.json").exists():
+        tokenizer = AutoTokenizer.from_pretrained(tok_dir)
+    else:
+        rng = random.Random(spec.seed)
+        corpus = [p + r for p, r in training_texts(problems[: spec.tokenizer_corpus], rng)]
+        tokenizer = train_tokenizer(corpus, spec.tokenizer_vocab)
+        if len(tokenizer) > spec.vocab_size:
+            raise VerilensError(f"tokenizer has {len(tokenizer)} tokens > vocab_size {spec.vocab_size}")
+        tokenizer.save_pretrained(tok_dir)
+
+    model = Qwen2ForCausalLM(qwen2_config(spec, tokenizer))
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": spec.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=spec.lr, betas=(0.9, 0.98),
+    )
+    ckpt = out / "checkpoint.pt"
+    step, log = 0, []
+    if ckpt.exists():
+        state = torch.load(ckpt, weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        step, log = state["step"], state["log"]
+        torch.set_rng_state(state["torch_rng"])
+
+    model.train()
+    bar = tqdm(total=spec.steps, initial=step, desc="train countdown-tiny", disable=not progress)
+    batches, group = None, -1
+    t0 = time.time()
+    stop = spec.steps if until_step is None else min(until_step, spec.steps)
+    while step < stop:
+        if step // GROUP != group:
+            group = step // GROUP
+            batches = _group_batches(spec, problems, tokenizer, group)
+        ids, attn, labels = collate(batches[step % GROUP], tokenizer.eos_token_id)
+        for g in opt.param_groups:
+            g["lr"] = _lr(spec, step)
+        loss = model(input_ids=ids, attention_mask=attn, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        step += 1
+        log.append({"step": step, "loss": round(loss.item(), 5), "seconds": round(time.time() - t0, 2)})
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        if step % checkpoint_every == 0 or step == stop:
+            _atomic_torch_save(
+                {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "log": log,
+                 "torch_rng": torch.get_rng_state()},
+                ckpt,
+            )
+            (out / "log.json").write_text(json.dumps(log))
+    bar.close()
+    if step < spec.steps:
+        return None
+    return save_model(model, tokenizer, out / "model", spec)
+
+
+def save_model(model, tokenizer, path, spec: TinySpec | None = None) -> Path:
+    """Write the shipped form: fp16 safetensors + config + tokenizer (loads as fp32)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    model = model.to(torch.float16)
+    model.config.torch_dtype = "float32"  # the dtype verilens.load uses by default
+    model.save_pretrained(tmp, safe_serialization=True)
+    model.to(torch.float32)
+    tokenizer.save_pretrained(tmp)
+    if spec is not None:
+        (tmp / "verilens_spec.json").write_text(json.dumps(asdict(spec), indent=1))
+    if path.exists():
+        import shutil
+
+        shutil.rmtree(path)
+    os.replace(tmp, path)
+    return path
