@@ -6,7 +6,10 @@
 """
 from . import countdown
 from .errors import VerilensError
+from .hooks import (ActivationCache, HookedModel, ablate_heads, ablate_neurons, at_token, get_act_name, patch,
+                    project_out, steer)
 from .models import load
 
 __version__ = "0.1.0"
-__all__ = ["VerilensError", "countdown", "load", "__version__"]
+__all__ = ["ActivationCache", "HookedModel", "VerilensError", "ablate_heads", "ablate_neurons", "at_token",
+           "countdown", "get_act_name", "load", "patch", "project_out", "steer", "__version__"]

@@ -104,7 +104,7 @@ def _parse_line(line: str, start: int, target) -> Attempt | None:
     )
     try:
         hits = claimed is not None and claimed == Fraction(target)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, ArithmeticError):  # Fraction(inf) is an OverflowError
         hits = False
     return Attempt(
         expression=expression,

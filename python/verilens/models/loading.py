@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -18,20 +17,6 @@ from ..errors import VerilensError
 # SiLU-GLU MLP with gate/up/down, RMSNorm): what the analyses are written for.
 SUPPORTED_MODEL_TYPES = ("qwen2", "llama", "mistral", "qwen3")
 BUILTIN = {"countdown-tiny": "countdown-tiny"}
-
-
-@dataclass
-class LoadedModel:
-    """A Hugging Face causal LM with its tokenizer (the hooked runtime wraps this)."""
-
-    hf_model: torch.nn.Module
-    tokenizer: object
-    name: str
-    source: str  # folder or file it came from
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.hf_model.parameters()).device
 
 
 def builtin_path(name: str) -> Path:
@@ -55,6 +40,18 @@ def _resolve_dtype(dtype):
     if dtype not in table:
         raise VerilensError(f"unknown dtype {dtype!r}; use one of {sorted(table)}")
     return table[dtype]
+
+
+def _resolve_device(device) -> torch.device:
+    if device is None:
+        return torch.device("cpu")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise VerilensError(f"unknown device {device!r}; use 'cpu', 'cuda' or 'cuda:N'") from e
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise VerilensError(f"device {str(device)!r} asked for, but CUDA is not available here; use device='cpu'")
+    return device
 
 
 def _check_model_type(config_path: Path):
@@ -95,8 +92,8 @@ def _drop_gguf_quantizer(model) -> None:
         del model.config.quantization_config
 
 
-def load(name_or_path, device=None, dtype=None) -> LoadedModel:
-    """Load a causal LM and its tokenizer.
+def load(name_or_path, device=None, dtype=None):
+    """Load a causal LM and its tokenizer as a HookedModel.
 
     `name_or_path`: "countdown-tiny" (built in, offline), a local Hugging Face folder of
     a Qwen2/Qwen2.5/Qwen3/Llama/Mistral-family model, or a .gguf file (dequantised to
@@ -104,7 +101,7 @@ def load(name_or_path, device=None, dtype=None) -> LoadedModel:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     name = str(name_or_path)
-    device = torch.device(device) if device is not None else torch.device("cpu")
+    device = _resolve_device(device)
     dtype = _resolve_dtype(dtype) or (torch.bfloat16 if device.type == "cuda" else torch.float32)
     gguf_file = None
     if name in BUILTIN:
@@ -157,7 +154,9 @@ def load(name_or_path, device=None, dtype=None) -> LoadedModel:
         tokenizer.pad_token = tokenizer.eos_token
     model.to(device).eval()
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    return LoadedModel(model, tokenizer, name if name in BUILTIN else Path(source).name, source)
+    from ..hooks import HookedModel
+
+    return HookedModel(model, tokenizer, name if name in BUILTIN else Path(source).name, source)
 
 
 def convert_gguf(gguf_path, out_dir, dtype=torch.float32) -> Path:
@@ -174,3 +173,11 @@ def convert_gguf(gguf_path, out_dir, dtype=torch.float32) -> Path:
         shutil.rmtree(out)
     os.replace(tmp, out)
     return out
+
+
+def __getattr__(name):  # transitional: tests written against the pre-HookedModel API
+    if name == "LoadedModel":
+        from ..hooks import HookedModel
+
+        return HookedModel
+    raise AttributeError(name)

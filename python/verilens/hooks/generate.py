@@ -1,0 +1,171 @@
+"""Generation with hooks and interventions, exact under the KV cache.
+
+Semantics: the logits of every decoding step are those of a full forward over the
+whole sequence so far, with the active interventions applied to that forward (gated
+by their trigger). The KV cache always holds clean (un-intervened) keys and values
+unless an intervention acts at every step on every position, in which case the
+intervened cache *is* the full-forward result (causality), and one pass suffices:
+- no trigger, all interventions positions="all": applied inside the cached pass;
+- otherwise, on steps where the trigger fires for some rows:
+  * interventions only at the last position: one intervened cached pass for the new
+    token, the cache cropped back, then the clean pass;
+  * anything else (e.g. heads ablated at all positions): the clean cached pass, plus
+    a full recomputed forward of the firing rows with the interventions."""
+from __future__ import annotations
+
+import torch
+
+from ..errors import VerilensError
+from .cache import ActivationCache
+from .names import resolve_names
+
+
+def _choose(logits, do_sample, temperature, top_k, top_p, generator):
+    if not do_sample:
+        return logits.argmax(-1)
+    logits = logits.float() / max(temperature, 1e-8)
+    if top_k:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, idx = torch.sort(logits, descending=True, dim=-1)
+        probs = sorted_logits.softmax(-1)
+        drop = probs.cumsum(-1) - probs > top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, idx, sorted_logits)
+    probs = logits.softmax(-1)
+    return torch.multinomial(probs, 1, generator=generator)[:, 0]
+
+
+@torch.no_grad()
+def generate(model, input, max_new_tokens=64, do_sample=False, temperature=1.0, top_k=None, top_p=None,
+             seed=None, stop=None, stop_at_eos=True, cache_names=None, cache_device=None, cache_dtype=None):
+    """Generate from `input` (a string, a list of strings, or token ids [b, p]).
+
+    Returns what it was given: token ids -> ids [b, p + new] (prompt + continuation,
+    as Hugging Face does); text -> prompt + continuation text (cut after a stop string).
+    `stop`: strings that end a sequence (kept in the output). With `cache_names`, also
+    returns an ActivationCache whose tensors are [b, new, ...]: entry i is the
+    activation at the position that predicted generated token i."""
+    from transformers import DynamicCache
+
+    if max_new_tokens < 0:
+        raise VerilensError("max_new_tokens must be >= 0")
+    given_text = not isinstance(input, torch.Tensor)
+    single = isinstance(input, str)
+    ids, mask = model.tokenize(input)
+    b, p0 = ids.shape
+    stops = [stop] if isinstance(stop, str) else list(stop or [])
+    names = resolve_names(cache_names, model.cfg.n_layers) if cache_names is not None else []
+    eos = model.tokenizer.eos_token_id
+    pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else eos
+    generator = None
+    if do_sample:
+        generator = torch.Generator(device=model.device)
+        if seed is not None:
+            generator.manual_seed(seed)
+
+    actives = list(model._active)
+    plain = all(a.when is None and a.scope == "all" for a in actives)
+    kv = DynamicCache(config=model.hf_model.config)
+    store_steps: list[dict] = []
+    finished = torch.zeros(b, dtype=torch.bool, device=ids.device)
+    new_tokens = []
+
+    def cache_hooks(store, rows=None):
+        if not names:
+            return []
+        last = None
+
+        def make(name):
+            def fn(x, ctx):
+                if name.endswith(("hook_pattern", "hook_result")):
+                    v = x[:, :, -1] if name.endswith("hook_pattern") else x[:, -1]
+                else:
+                    v = x[:, -1]
+                store[name] = (rows, v.detach().to(device=cache_device or v.device, dtype=cache_dtype or v.dtype))
+            return fn
+        return [(n, make(n)) for n in names]
+
+    def step(step_ids, full_ids, full_mask, past):
+        """Logits of the last position for every row, per the semantics above."""
+        store = {}
+        last_pos = torch.full((b, 1), step_ids.shape[1] - 1, dtype=torch.long, device=ids.device)
+        base_hooks = list(model._context_hooks)
+        if plain:
+            logits = model._run(step_ids, None, base_hooks + model._active_hooks() + cache_hooks(store),
+                                positions=last_pos, kv=kv, past=past, use_cache=True, full_mask=full_mask)[:, -1]
+            store_steps.append(store)
+            return logits
+        firing = torch.zeros(b, dtype=torch.bool, device=ids.device)
+        for a in actives:
+            firing |= a.when.rows(full_ids) if a.when is not None else torch.ones_like(firing)
+        firing &= ~finished
+        inter = None
+        if firing.any() and all(a.scope == "last" for a in actives):
+            istore = {}
+            inter = model._run(step_ids, None, base_hooks + model._active_hooks() + cache_hooks(istore),
+                               positions=last_pos, kv=kv, past=past, use_cache=True, full_mask=full_mask)[:, -1]
+            kv.crop(past)
+        logits = model._run(step_ids, None, base_hooks + cache_hooks(store), positions=last_pos, kv=kv, past=past,
+                            use_cache=True, full_mask=full_mask)[:, -1]
+        if firing.any():
+            if inter is None:
+                rows = firing.nonzero()[:, 0]
+                istore = {}
+                sub_ids, sub_mask = full_ids[rows], full_mask[rows]
+                sub_last = torch.full((len(rows), 1), sub_ids.shape[1] - 1, dtype=torch.long, device=ids.device)
+                sub = model._run(sub_ids, sub_mask, base_hooks + model._active_hooks() + cache_hooks(istore, rows),
+                                 positions=sub_last)[:, -1]
+                logits = logits.clone()
+                logits[rows] = sub
+            else:
+                logits = torch.where(firing[:, None], inter, logits)
+                istore = {k: (firing.nonzero()[:, 0], v[1][firing]) for k, v in istore.items()}
+            for k, (rows_k, v) in istore.items():
+                _, base = store[k]
+                base = base.clone()
+                base[rows_k] = v
+                store[k] = (None, base)
+        store_steps.append(store)
+        return logits
+
+    full_ids, full_mask = ids, mask
+    if max_new_tokens > 0:
+        logits = step(ids, full_ids, full_mask, 0)
+    for t in range(max_new_tokens):
+        nxt = _choose(logits, do_sample, temperature, top_k, top_p, generator)
+        nxt = torch.where(finished, torch.full_like(nxt, pad), nxt)
+        new_tokens.append(nxt)
+        if stop_at_eos and eos is not None:
+            finished |= nxt == eos
+        if stops:
+            gen = torch.stack(new_tokens, 1)
+            for r in (~finished).nonzero()[:, 0].tolist():
+                tail = model.tokenizer.decode(gen[r, -(max(map(len, stops)) + 1):].tolist())
+                if any(s in tail for s in stops):
+                    finished[r] = True
+        if bool(finished.all()) or t == max_new_tokens - 1:
+            break
+        full_ids = torch.cat([full_ids, nxt[:, None]], 1)
+        full_mask = torch.cat([full_mask, torch.ones_like(nxt[:, None])], 1)
+        logits = step(nxt[:, None], full_ids, full_mask, full_ids.shape[1] - 1)
+
+    gen = torch.stack(new_tokens, 1) if new_tokens else ids[:, :0]
+    cache = None
+    if names:
+        data = {n: torch.stack([s[n][1] for s in store_steps[: gen.shape[1]]], 1) for n in names}
+        cache = ActivationCache(data, model, attention_mask=torch.ones_like(gen))
+    if not given_text:
+        out = torch.cat([ids, gen], 1)
+    else:
+        prompts = model.tokenizer.batch_decode(ids, skip_special_tokens=True)
+        texts = []
+        for r in range(b):
+            cont = model.tokenizer.decode(gen[r].tolist(), skip_special_tokens=True)
+            for s in stops:
+                if s in cont:
+                    cont = cont[: cont.index(s) + len(s)]
+            texts.append(prompts[r] + cont)
+        out = texts[0] if single else texts
+    return (out, cache) if names else out

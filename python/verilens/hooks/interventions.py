@@ -1,0 +1,321 @@
+"""Composable interventions: `with model.intervene(ablate_heads([(17, 11)]), when=at_token(" ("))`.
+
+Each intervention validates itself against the model before any compute and compiles
+to hook functions on named hook points. `positions` says where in the sequence it acts:
+"all" (every position of the pass), "last" (the last position) or a list of absolute
+positions. `when` gates it per sequence: `at_token(" (")` fires on passes whose last
+input token is " (" (PAPER.md section 6), i.e. the decoding step that predicts "this"/"not"."""
+from __future__ import annotations
+
+import torch
+
+from ..errors import VerilensError
+
+
+def _check_positions(positions):
+    if positions in ("all", "last"):
+        return positions
+    if isinstance(positions, int):
+        positions = [positions]
+    try:
+        positions = [int(p) for p in positions]
+    except TypeError as e:
+        raise VerilensError(f"positions must be 'all', 'last' or a list of ints, got {positions!r}") from e
+    if any(p < 0 for p in positions):
+        raise VerilensError("explicit positions must be >= 0 (absolute positions in the sequence)")
+    return positions
+
+
+def position_mask(positions, info, device):
+    """[batch, seq] bool mask of the positions of this pass to act on (None = all)."""
+    if positions == "all":
+        return None
+    m = torch.zeros(info.batch, info.seq, dtype=torch.bool, device=device)
+    if positions == "last":
+        m[:, -1] = True
+        return m
+    for p in positions:
+        rel = p - info.past
+        if p >= info.past + info.seq:
+            raise VerilensError(f"position {p} is past the end of the sequence ({info.past + info.seq} tokens)")
+        if rel >= 0:
+            m[:, rel] = True
+    return m
+
+
+def _select(ctx, positions, new, old, pos_dim=1):
+    """Blend `new` into `old` only at the chosen positions and firing rows."""
+    mask = position_mask(positions, ctx.info, new.device)
+    rows = ctx.rows
+    if mask is None and rows is None:
+        return new
+    b, p = new.shape[0], new.shape[pos_dim]
+    full = torch.ones(b, p, dtype=torch.bool, device=new.device) if mask is None else mask
+    if rows is not None:
+        full = full & rows.to(new.device)[:, None]
+    shape = [b, p] + [1] * (new.dim() - 2)
+    return torch.where(full.view(shape), new, old)
+
+
+class Intervention:
+    """Base class: `validate(model)` raises before compute; `hooks(model)` -> [(name, fn)]."""
+
+    positions = "all"
+
+    def validate(self, model) -> None:
+        pass
+
+    def hooks(self, model):
+        raise NotImplementedError
+
+    @property
+    def scope(self) -> str:
+        """"last" when it only touches the last position of a pass, else "all"."""
+        return "last" if self.positions == "last" else "all"
+
+
+class ablate_heads(Intervention):
+    """Zero (or mean-replace) attention heads' outputs: their slice of the o_proj input.
+
+    heads: [(layer, head), ...]. mode="mean" uses per-head means of hook_z over
+    `reference` (token ids or texts run once through the model), or, without a
+    reference, over the current pass's real (non-pad) positions."""
+
+    def __init__(self, heads, mode: str = "zero", positions="all", reference=None):
+        self.heads = [(int(l), int(h)) for l, h in heads]
+        if mode not in ("zero", "mean"):
+            raise VerilensError(f"mode must be 'zero' or 'mean', got {mode!r}")
+        self.mode, self.positions, self.reference = mode, _check_positions(positions), reference
+        self._means = None
+
+    def validate(self, model):
+        cfg = model.cfg
+        for l, h in self.heads:
+            if not 0 <= l < cfg.n_layers:
+                raise VerilensError(f"ablate_heads: layer {l} out of range (0..{cfg.n_layers - 1})")
+            if not 0 <= h < cfg.n_heads:
+                raise VerilensError(f"ablate_heads: head {h} out of range (0..{cfg.n_heads - 1}) in layer {l}")
+        if self.mode == "mean" and self.reference is not None and self._means is None:
+            layers = sorted({l for l, _ in self.heads})
+            _, cache = model.run_with_cache(self.reference, names=[f"blocks.{l}.attn.hook_z" for l in layers])
+            mask = cache.attention_mask.bool()
+            self._means = {l: cache[f"blocks.{l}.attn.hook_z"][mask].mean(0) for l in layers}
+
+    def hooks(self, model):
+        by_layer = {}
+        for l, h in self.heads:
+            by_layer.setdefault(l, []).append(h)
+
+        def make(l, heads):
+            def fn(z, ctx):
+                new = z.clone()
+                if self.mode == "zero":
+                    new[:, :, heads] = 0
+                else:
+                    if self._means is not None:
+                        mean = self._means[l].to(z)
+                    else:
+                        am = ctx.info.attention_mask
+                        real = am[:, -z.shape[1]:].bool() if am is not None else torch.ones(z.shape[:2], dtype=torch.bool)
+                        mean = z[real.to(z.device)].mean(0)
+                    new[:, :, heads] = mean[heads]
+                return _select(ctx, self.positions, new, z)
+            return fn
+
+        return [(f"blocks.{l}.attn.hook_z", make(l, hs)) for l, hs in by_layer.items()]
+
+
+class ablate_neurons(Intervention):
+    """Set GLU activations SiLU(gate.x)*(up.x) of chosen neurons to `value` (default 0).
+
+    neurons: {layer: [index, ...]} or [(layer, index), ...]."""
+
+    def __init__(self, neurons, positions="last", value: float = 0.0):
+        if isinstance(neurons, dict):
+            pairs = [(l, i) for l, idx in neurons.items() for i in idx]
+        else:
+            pairs = list(neurons)
+        self.neurons = {}
+        for l, i in pairs:
+            self.neurons.setdefault(int(l), []).append(int(i))
+        self.positions, self.value = _check_positions(positions), float(value)
+
+    def validate(self, model):
+        cfg = model.cfg
+        if not cfg.gated_mlp:
+            raise VerilensError("ablate_neurons needs a GLU MLP (gate_proj/up_proj/down_proj); this model has none")
+        for l, idx in self.neurons.items():
+            if not 0 <= l < cfg.n_layers:
+                raise VerilensError(f"ablate_neurons: layer {l} out of range (0..{cfg.n_layers - 1})")
+            bad = [i for i in idx if not 0 <= i < cfg.d_mlp]
+            if bad:
+                raise VerilensError(f"ablate_neurons: neuron indices {bad[:5]} out of range (d_mlp = {cfg.d_mlp}) in layer {l}")
+
+    def hooks(self, model):
+        def make(idx):
+            idx_t = torch.tensor(idx)
+
+            def fn(x, ctx):
+                new = x.clone()
+                new[..., idx_t.to(x.device)] = self.value
+                return _select(ctx, self.positions, new, x)
+            return fn
+        return [(f"blocks.{l}.mlp.hook_post", make(idx)) for l, idx in self.neurons.items()]
+
+
+def _per_layer(vectors, layers, d_model, what):
+    """{layer: tensor [k, d_model]} from a shared tensor or a {layer: tensor} dict."""
+    out = {}
+    for l in layers:
+        v = vectors[l] if isinstance(vectors, dict) else vectors
+        v = torch.as_tensor(v)
+        if v.dim() == 1:
+            v = v[None]
+        if v.dim() != 2 or v.shape[-1] != d_model:
+            raise VerilensError(f"{what}: vectors must have width d_model = {d_model}, got shape {tuple(v.shape)}")
+        if not torch.isfinite(v).all():
+            raise VerilensError(f"{what}: vectors contain NaN or inf")
+        out[l] = v
+    return out
+
+
+def _check_layers(layers, n_layers, what):
+    layers = [int(l) for l in ([layers] if isinstance(layers, int) else layers)]
+    for l in layers:
+        if not 0 <= l < n_layers:
+            raise VerilensError(f"{what}: layer {l} out of range (0..{n_layers - 1})")
+    return layers
+
+
+class project_out(Intervention):
+    """Remove the span of `directions` from the residual stream (resid_post) at `layers`.
+
+    directions: [d_model], [k, d_model] (shared) or {layer: tensor}."""
+
+    def __init__(self, directions, layers, positions="all"):
+        self.directions, self.layers_, self.positions = directions, layers, _check_positions(positions)
+
+    def validate(self, model):
+        self.layers = _check_layers(self.layers_, model.cfg.n_layers, "project_out")
+        vecs = _per_layer(self.directions, self.layers, model.cfg.d_model, "project_out")
+        self.bases = {}
+        for l, v in vecs.items():
+            q, r = torch.linalg.qr(v.double().T)  # orthonormal basis of the span, [d, k]
+            keep = r.diagonal().abs() > 1e-10
+            self.bases[l] = q[:, keep]
+
+    def hooks(self, model):
+        def make(Q):
+            def fn(x, ctx):
+                Qx = Q.to(x.device, x.dtype)
+                new = x - (x @ Qx) @ Qx.T
+                return _select(ctx, self.positions, new, x)
+            return fn
+        return [(f"blocks.{l}.hook_resid_post", make(self.bases[l])) for l in self.layers]
+
+
+class steer(Intervention):
+    """Add alpha * vector to the residual stream (resid_post) at `layers`.
+
+    vector: [d_model] or {layer: [d_model]}."""
+
+    def __init__(self, vector, layers, alpha: float = 1.0, positions="all"):
+        self.vector, self.layers_, self.alpha, self.positions = vector, layers, float(alpha), _check_positions(positions)
+
+    def validate(self, model):
+        self.layers = _check_layers(self.layers_, model.cfg.n_layers, "steer")
+        vecs = _per_layer(self.vector, self.layers, model.cfg.d_model, "steer")
+        for l, v in vecs.items():
+            if v.shape[0] != 1:
+                raise VerilensError(f"steer: one vector per layer, got {v.shape[0]} for layer {l}")
+        self.vecs = {l: v[0] for l, v in vecs.items()}
+
+    def hooks(self, model):
+        def make(v):
+            def fn(x, ctx):
+                return _select(ctx, self.positions, x + self.alpha * v.to(x.device, x.dtype), x)
+            return fn
+        return [(f"blocks.{l}.hook_resid_post", make(self.vecs[l])) for l in self.layers]
+
+
+class patch(Intervention):
+    """Replace the activation at `hook_name` with `value`: a tensor broadcastable to the
+    activation, or a function (activation, hook) -> activation."""
+
+    def __init__(self, hook_name: str, value, positions="all"):
+        self.hook_name, self.value, self.positions = hook_name, value, _check_positions(positions)
+
+    def validate(self, model):
+        from .names import parse_name
+        from .runtime import READ_ONLY
+
+        _, point = parse_name(self.hook_name, model.cfg.n_layers)
+        if point in READ_ONLY:
+            raise VerilensError(f"{self.hook_name} is read-only; patch attn.hook_z instead")
+
+    def hooks(self, model):
+        def fn(x, ctx):
+            if callable(self.value):
+                new = self.value(x, ctx)
+            else:
+                try:
+                    new = torch.as_tensor(self.value, device=x.device, dtype=x.dtype).expand_as(x)
+                except RuntimeError as e:
+                    raise VerilensError(f"patch {self.hook_name}: value of shape {tuple(torch.as_tensor(self.value).shape)} "
+                                        f"does not broadcast to {tuple(x.shape)}") from e
+            return _select(ctx, self.positions, new, x)
+        return [(self.hook_name, fn)]
+
+
+class at_token:
+    """Trigger: fire on passes whose last input token is `text` (one token)."""
+
+    def __init__(self, text: str):
+        self.text = text
+        self.token_id = None
+
+    def resolve(self, model):
+        ids = model.tokenizer.encode(self.text, add_special_tokens=False)
+        if len(ids) != 1:
+            raise VerilensError(f"at_token({self.text!r}): the tokenizer splits it into {len(ids)} tokens; need exactly one")
+        self.token_id = ids[0]
+        return self
+
+    def rows(self, input_ids):
+        return input_ids[:, -1] == self.token_id
+
+
+class Active:
+    """Interventions plus their trigger, validated, ready to compile to hooks."""
+
+    def __init__(self, model, interventions, when=None):
+        for iv in interventions:
+            if not isinstance(iv, Intervention):
+                raise VerilensError(f"not an intervention: {iv!r}")
+            iv.validate(model)
+        self.interventions = list(interventions)
+        self.when = when.resolve(model) if when is not None else None
+        self.scope = "last" if all(iv.scope == "last" for iv in interventions) else "all"
+
+    def hooks(self, model, gate: bool = True):
+        """Hook functions; with a trigger they act only on firing rows."""
+        out = []
+        for iv in self.interventions:
+            for name, fn in iv.hooks(model):
+                out.append((name, self._gated(fn) if (gate and self.when is not None) else fn))
+        return out
+
+    def _gated(self, fn):
+        when = self.when
+
+        def gated(x, ctx):
+            rows = when.rows(ctx.info.input_ids)
+            if not bool(rows.any()):
+                return None
+            prev = ctx.info.rows
+            ctx.info.rows = rows if prev is None else (prev & rows)
+            try:
+                return fn(x, ctx)
+            finally:
+                ctx.info.rows = prev
+        return gated

@@ -1,0 +1,329 @@
+"""HookedModel: TransformerLens-style hooks, caching and interventions on the native
+Hugging Face model (nnsight-style wrapping: no re-implementation, so any Qwen2/Llama-
+family checkpoint works as is, with its fast attention path)."""
+from __future__ import annotations
+
+import contextlib
+import inspect
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import VerilensError
+from .cache import ActivationCache
+from .interventions import Active
+from .names import parse_name, resolve_names
+from .runtime import HookSession, PassInfo
+
+
+@dataclass(frozen=True)
+class HookedConfig:
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    d_model: int
+    d_head: int
+    d_mlp: int
+    d_vocab: int
+    model_type: str
+    gated_mlp: bool
+    act_fn: str
+
+
+def _config_of(hf_model) -> HookedConfig:
+    c = hf_model.config
+    n_heads = c.num_attention_heads
+    mlp = hf_model.model.layers[0].mlp
+    return HookedConfig(
+        n_layers=c.num_hidden_layers,
+        n_heads=n_heads,
+        n_kv_heads=getattr(c, "num_key_value_heads", None) or n_heads,
+        d_model=c.hidden_size,
+        d_head=getattr(c, "head_dim", None) or c.hidden_size // n_heads,
+        d_mlp=c.intermediate_size,
+        d_vocab=hf_model.get_output_embeddings().weight.shape[0],
+        model_type=c.model_type,
+        gated_mlp=all(hasattr(mlp, n) for n in ("gate_proj", "up_proj", "down_proj")),
+        act_fn=getattr(c, "hidden_act", "silu"),
+    )
+
+
+class HookedModel:
+    """A causal LM with hook points. Build it with `verilens.load(...)`."""
+
+    def __init__(self, hf_model, tokenizer, name: str = "model", source: str | None = None):
+        if not hasattr(hf_model, "model") or not hasattr(hf_model.model, "layers"):
+            raise VerilensError(f"{type(hf_model).__name__} is not a decoder-only model with .model.layers")
+        self.hf_model, self.tokenizer, self.name, self.source = hf_model, tokenizer, name, source
+        self.cfg = _config_of(hf_model)
+        self._context_hooks: list = []
+        self._active: list[Active] = []
+        params = inspect.signature(hf_model.forward).parameters
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        if tokenizer is not None and tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+
+    # -- modules ----------------------------------------------------------------------
+    @property
+    def blocks(self):
+        return self.hf_model.model.layers
+
+    @property
+    def embed_module(self):
+        return self.hf_model.model.embed_tokens
+
+    @property
+    def final_norm(self):
+        return self.hf_model.model.norm
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.hf_model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.hf_model.parameters()).dtype
+
+    # -- weights (TransformerLens layout) ---------------------------------------------
+    def _heads_in(self, proj, n_heads):
+        # Linear weight [n_heads*d_head, d_model] -> view [n_heads, d_model, d_head]
+        w = proj.weight
+        return w.view(n_heads, self.cfg.d_head, self.cfg.d_model).transpose(1, 2)
+
+    def layer_weights(self, l: int) -> dict:
+        """Views (no copies) of layer l's weights; K/V have n_kv_heads heads."""
+        a, m, c = self.blocks[l].self_attn, self.blocks[l].mlp, self.cfg
+        out = {
+            "W_Q": self._heads_in(a.q_proj, c.n_heads),
+            "W_K": self._heads_in(a.k_proj, c.n_kv_heads),
+            "W_V": self._heads_in(a.v_proj, c.n_kv_heads),
+            "W_O": a.o_proj.weight.view(c.d_model, c.n_heads, c.d_head).permute(1, 2, 0),
+        }
+        if c.gated_mlp:
+            out.update(W_gate=m.gate_proj.weight.T, W_in=m.up_proj.weight.T, W_out=m.down_proj.weight.T)
+        return out
+
+    def _stack(self, key, repeat_kv=False):
+        ws = [self.layer_weights(l)[key] for l in range(self.cfg.n_layers)]
+        if repeat_kv and self.cfg.n_kv_heads != self.cfg.n_heads:
+            ws = [w.repeat_interleave(self.cfg.n_heads // self.cfg.n_kv_heads, dim=0) for w in ws]
+        return torch.stack(ws)
+
+    @property
+    def W_Q(self):  # [L, H, d_model, d_head]
+        return self._stack("W_Q")
+
+    @property
+    def W_K(self):  # [L, H, d_model, d_head], KV heads repeated per query head
+        return self._stack("W_K", repeat_kv=True)
+
+    @property
+    def W_V(self):
+        return self._stack("W_V", repeat_kv=True)
+
+    @property
+    def W_O(self):  # [L, H, d_head, d_model]
+        return self._stack("W_O")
+
+    def _require_glu(self):
+        if not self.cfg.gated_mlp:
+            raise VerilensError("this model has no GLU MLP (gate_proj/up_proj/down_proj)")
+
+    @property
+    def W_gate(self):  # [L, d_model, d_mlp]
+        self._require_glu()
+        return self._stack("W_gate")
+
+    @property
+    def W_in(self):  # up_proj, [L, d_model, d_mlp]
+        self._require_glu()
+        return self._stack("W_in")
+
+    @property
+    def W_out(self):  # down_proj, [L, d_mlp, d_model]
+        self._require_glu()
+        return self._stack("W_out")
+
+    @property
+    def W_U(self):  # [d_model, d_vocab] (view)
+        return self.hf_model.get_output_embeddings().weight.T
+
+    @property
+    def W_E(self):  # [d_vocab, d_model] (the embedding itself)
+        return self.embed_module.weight
+
+    @property
+    def ln_final(self):
+        return self.final_norm
+
+    def logit_lens(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of residual-stream vectors [..., d_model] through the final norm and
+        the unembedding (for a direction, the norm's scale drops out of the ranking)."""
+        x = torch.as_tensor(x)
+        if x.shape[-1] != self.cfg.d_model:
+            raise VerilensError(f"logit_lens: width {x.shape[-1]} != d_model {self.cfg.d_model}")
+        with torch.no_grad():
+            return self.hf_model.get_output_embeddings()(self.final_norm(x.to(self.device, self.dtype)))
+
+    # -- tokens -----------------------------------------------------------------------
+    def tokenize(self, input):
+        """(input_ids [b, p], attention_mask [b, p]) with left padding."""
+        if isinstance(input, torch.Tensor):
+            ids = input if input.dim() == 2 else input[None]
+            return ids.to(self.device), torch.ones_like(ids, device=self.device)
+        if isinstance(input, str):
+            input = [input]
+        if not isinstance(input, (list, tuple)) or not input or not all(isinstance(s, str) for s in input):
+            raise VerilensError("input must be a string, a list of strings or a tensor of token ids")
+        self.tokenizer.padding_side = "left"
+        enc = self.tokenizer(list(input), return_tensors="pt", padding=True)
+        return enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
+
+    def to_tokens(self, input) -> torch.Tensor:
+        return self.tokenize(input)[0]
+
+    def to_string(self, tokens):
+        t = torch.as_tensor(tokens)
+        if t.dim() == 0:
+            return self.tokenizer.decode([int(t)])
+        if t.dim() == 1:
+            return self.tokenizer.decode(t.tolist())
+        return [self.tokenizer.decode(row.tolist()) for row in t]
+
+    def to_str_tokens(self, input) -> list[str]:
+        ids = self.to_tokens(input)[0] if not isinstance(input, torch.Tensor) else torch.as_tensor(input).flatten()
+        return [self.tokenizer.decode([int(i)]) for i in ids]
+
+    # -- forward passes ---------------------------------------------------------------
+    def _positions(self, positions, ids, mask):
+        """[b, k] long tensor of positions, or None for all positions."""
+        if positions is None:
+            return None
+        b, p = ids.shape
+        if isinstance(positions, str):
+            if positions != "last":
+                raise VerilensError(f"positions: 'last', an int, a list per sequence or a tensor, got {positions!r}")
+            return torch.full((b, 1), p - 1, dtype=torch.long, device=ids.device)
+        if isinstance(positions, int):
+            positions = [[positions]] * b
+        t = torch.as_tensor(positions, dtype=torch.long, device=ids.device) if not isinstance(positions, torch.Tensor) \
+            else positions.to(ids.device, torch.long)
+        if t.dim() == 1:
+            t = t[None].expand(b, -1)
+        if t.dim() != 2 or t.shape[0] != b:
+            raise VerilensError(f"positions must give the same number of positions for each of the {b} sequences")
+        if t.numel() and (int(t.max()) >= p or int(t.min()) < -p):
+            raise VerilensError(f"positions {t.max().item()} past the sequence length {p}")
+        return t % p
+
+    def _position_ids(self, mask):
+        pos = mask.long().cumsum(-1) - 1
+        return pos.masked_fill(mask == 0, 1)
+
+    def _active_hooks(self, gate=True):
+        out = list(self._context_hooks)
+        for a in self._active:
+            out += a.hooks(self, gate=gate)
+        return out
+
+    def _run(self, ids, mask, hooks, positions=None, kv=None, past=0, use_cache=False, full_mask=None):
+        info = PassInfo(batch=ids.shape[0], seq=ids.shape[1], past=past,
+                        attention_mask=full_mask if full_mask is not None else mask, positions=positions,
+                        input_ids=ids)
+        attn_mask = full_mask if full_mask is not None else mask
+        pos_ids = self._position_ids(attn_mask)[:, -ids.shape[1]:]
+        kwargs = {"input_ids": ids, "attention_mask": attn_mask, "position_ids": pos_ids, "use_cache": use_cache}
+        if kv is not None:
+            kwargs[self._cache_kw] = kv
+        with HookSession(self, hooks) as session:
+            session.info = info
+            out = self.hf_model(**kwargs)
+        return out.logits
+
+    @torch.no_grad()
+    def __call__(self, input, attention_mask=None):
+        """Logits [batch, pos, d_vocab], with the active hooks and interventions."""
+        return self.forward(input, attention_mask)
+
+    @torch.no_grad()
+    def forward(self, input, attention_mask=None):
+        ids, mask = self.tokenize(input)
+        if attention_mask is not None:
+            mask = attention_mask.to(self.device)
+        return self._run(ids, mask, self._active_hooks())
+
+    @torch.no_grad()
+    def run_with_hooks(self, input, fwd_hooks=(), attention_mask=None):
+        """Forward with extra hooks [(name or filter, fn)] for this call only."""
+        ids, mask = self.tokenize(input)
+        if attention_mask is not None:
+            mask = attention_mask.to(self.device)
+        return self._run(ids, mask, self._expand_hooks(fwd_hooks) + self._active_hooks())
+
+    def _expand_hooks(self, fwd_hooks):
+        out = []
+        for name, fn in fwd_hooks:
+            if not callable(fn):
+                raise VerilensError(f"hook for {name!r} is not callable")
+            out += [(n, fn) for n in resolve_names(name, self.cfg.n_layers)]
+        return out
+
+    @contextlib.contextmanager
+    def hooks(self, fwd_hooks=()):
+        """Context manager: the hooks stay on for every pass inside the block; they are
+        always removed on exit, also when the block raises."""
+        expanded = self._expand_hooks(fwd_hooks)
+        self._context_hooks += expanded
+        try:
+            yield self
+        finally:
+            for h in expanded:
+                self._context_hooks.remove(h)
+
+    @contextlib.contextmanager
+    def intervene(self, *interventions, when=None):
+        """Apply interventions to every forward, run_with_cache and generate in the block."""
+        active = Active(self, interventions, when)  # validates before any compute
+        self._active.append(active)
+        try:
+            yield self
+        finally:
+            self._active.remove(active)
+
+    def _cache_hooks(self, names, store, device, dtype):
+        def make(name):
+            def fn(x, ctx):
+                pos = ctx.info.positions
+                if pos is not None and not name.endswith(("hook_pattern", "hook_result")):
+                    x = x[torch.arange(x.shape[0], device=x.device)[:, None], pos]
+                store[name] = x.detach().to(device=device or x.device, dtype=dtype or x.dtype)
+            return fn
+        return [(n, make(n)) for n in names]
+
+    @torch.no_grad()
+    def run_with_cache(self, input, names=None, positions=None, device=None, dtype=None, attention_mask=None):
+        """(logits, ActivationCache). `names`: hook names, a filter function or None (all);
+        `positions`: None (all), "last", an int, a list per sequence or a [batch, k]
+        tensor: only those positions are kept (and attention patterns only computed
+        for those query positions)."""
+        ids, mask = self.tokenize(input)
+        if attention_mask is not None:
+            mask = attention_mask.to(self.device)
+        names = resolve_names(names, self.cfg.n_layers)
+        pos = self._positions(positions, ids, mask)
+        store = {}
+        logits = self._run(ids, mask, self._active_hooks() + self._cache_hooks(names, store, device, dtype), positions=pos)
+        cache_mask = mask if pos is None else mask.gather(1, pos)
+        return logits, ActivationCache(store, self, positions=pos, attention_mask=cache_mask)
+
+    # -- generation -------------------------------------------------------------------
+    def generate(self, input, max_new_tokens: int = 64, **kwargs):
+        """Batched generation with left padding (see verilens.hooks.generate.generate)."""
+        from .generate import generate
+
+        return generate(self, input, max_new_tokens=max_new_tokens, **kwargs)
+
+    def __repr__(self):
+        c = self.cfg
+        return (f"HookedModel({self.name!r}: {c.model_type}, {c.n_layers} layers, {c.n_heads} heads "
+                f"({c.n_kv_heads} kv), d_model {c.d_model}, d_mlp {c.d_mlp}, vocab {c.d_vocab})")

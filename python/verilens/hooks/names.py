@@ -1,0 +1,95 @@
+"""Hook point names, as TransformerLens users know them, and their validation."""
+from __future__ import annotations
+
+import difflib
+import re
+
+from ..errors import VerilensError
+
+# Per-layer points, in the order the forward pass reaches them.
+LAYER_POINTS = (
+    "hook_resid_pre",
+    "attn.hook_q",
+    "attn.hook_k",
+    "attn.hook_v",
+    "attn.hook_pattern",
+    "attn.hook_z",
+    "attn.hook_result",
+    "hook_attn_out",
+    "hook_resid_mid",
+    "mlp.hook_pre",
+    "mlp.hook_pre_linear",
+    "mlp.hook_post",
+    "hook_mlp_out",
+    "hook_resid_post",
+)
+GLOBAL_POINTS = ("hook_embed", "ln_final.hook_normalized")
+
+# get_act_name("resid_post", 5) -> "blocks.5.hook_resid_post", as in TransformerLens.
+ALIASES = {
+    "embed": "hook_embed",
+    "resid_pre": "hook_resid_pre",
+    "resid_mid": "hook_resid_mid",
+    "resid_post": "hook_resid_post",
+    "attn_out": "hook_attn_out",
+    "mlp_out": "hook_mlp_out",
+    "q": "attn.hook_q",
+    "k": "attn.hook_k",
+    "v": "attn.hook_v",
+    "z": "attn.hook_z",
+    "pattern": "attn.hook_pattern",
+    "attn": "attn.hook_pattern",
+    "result": "attn.hook_result",
+    "pre": "mlp.hook_pre",
+    "pre_linear": "mlp.hook_pre_linear",
+    "post": "mlp.hook_post",
+    "ln_final": "ln_final.hook_normalized",
+    "normalized": "ln_final.hook_normalized",
+}
+
+_LAYER_RE = re.compile(r"^blocks\.(\d+)\.(.+)$")
+
+
+def get_act_name(name: str, layer: int | None = None) -> str:
+    """Full hook name from a short alias: get_act_name("resid_post", 5)."""
+    point = ALIASES.get(name, name)
+    if point in GLOBAL_POINTS:
+        return point
+    if layer is None:
+        raise VerilensError(f"{name!r} is a per-layer hook point: give a layer")
+    return f"blocks.{layer}.{point}"
+
+
+def all_names(n_layers: int) -> list[str]:
+    return [GLOBAL_POINTS[0]] + [f"blocks.{l}.{p}" for l in range(n_layers) for p in LAYER_POINTS] + [GLOBAL_POINTS[1]]
+
+
+def parse_name(name: str, n_layers: int) -> tuple[int | None, str]:
+    """(layer, point) of a full hook name; raises with the closest valid names."""
+    if not isinstance(name, str):
+        raise VerilensError(f"hook names are strings, got {type(name).__name__}")
+    if name in GLOBAL_POINTS:
+        return None, name
+    m = _LAYER_RE.match(name)
+    if m and m.group(2) in LAYER_POINTS:
+        layer = int(m.group(1))
+        if layer >= n_layers:
+            raise VerilensError(f"{name}: layer {layer} out of range (the model has {n_layers} layers)")
+        return layer, m.group(2)
+    close = difflib.get_close_matches(name, all_names(n_layers), n=5, cutoff=0.5)
+    hint = f"; closest valid names: {', '.join(close)}" if close else ""
+    raise VerilensError(f"unknown hook name {name!r}{hint}")
+
+
+def resolve_names(spec, n_layers: int) -> list[str]:
+    """Names from a name, a list of names, or a filter function over all names."""
+    if spec is None:
+        return all_names(n_layers)
+    if callable(spec):
+        return [n for n in all_names(n_layers) if spec(n)]
+    if isinstance(spec, str):
+        spec = [spec]
+    names = list(spec)
+    for n in names:
+        parse_name(n, n_layers)
+    return names

@@ -1,0 +1,295 @@
+"""The hook engine: installs PyTorch hooks on the native Hugging Face modules for one
+forward pass, and removes them afterwards (also when the pass raises).
+
+A hook function has the TransformerLens signature `fn(activation, hook)` where
+`activation` has the TL layout (e.g. attn.hook_z [batch, pos, head, d_head]) and `hook`
+is a `HookContext`; returning a tensor replaces the activation, returning None keeps it.
+Nothing is installed for points nobody asked for, so a plain forward runs untouched
+(same attention implementation, no extra work)."""
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import torch
+
+from ..errors import VerilensError
+from .names import parse_name
+
+READ_ONLY = ("attn.hook_pattern", "attn.hook_result")
+
+
+@dataclass
+class PassInfo:
+    """What hooks need to know about the current forward pass."""
+
+    batch: int
+    seq: int  # tokens in this pass
+    past: int  # tokens already in the KV cache
+    attention_mask: torch.Tensor | None  # [batch, past + seq], 1 = real token
+    input_ids: torch.Tensor | None = None  # [batch, seq] tokens of this pass
+    positions: torch.Tensor | None = None  # [batch, k] positions (in this pass) to cache, None = all
+    rows: torch.Tensor | None = None  # [batch] bool: rows interventions apply to (trigger), None = all
+    stash: dict = field(default_factory=dict)
+
+
+@dataclass
+class HookContext:
+    """The `hook` argument of hook functions."""
+
+    name: str
+    layer_index: int | None
+    info: PassInfo
+
+    def layer(self) -> int | None:  # TransformerLens spelling
+        return self.layer_index
+
+    @property
+    def rows(self):
+        return self.info.rows
+
+
+def _first_arg(args, kwargs, key="hidden_states"):
+    return args[0] if args else kwargs[key]
+
+
+def _replace_first(args, kwargs, value, key="hidden_states"):
+    if args:
+        return (value,) + tuple(args[1:]), kwargs
+    kwargs = dict(kwargs)
+    kwargs[key] = value
+    return args, kwargs
+
+
+class HookSession:
+    """Hooks for one or more forward passes: `with HookSession(model, hooks, info_fn): ...`.
+
+    `hooks` is a list of (full_name, fn). `info` is the PassInfo of the pass running now
+    (the session's owner sets `session.info` before each pass)."""
+
+    def __init__(self, model, hooks):
+        self.model = model
+        self.info: PassInfo | None = None
+        self.by_name = defaultdict(list)
+        for name, fn in hooks:
+            self.by_name[name].append(fn)
+        self.handles = []
+
+    # -- applying user functions --------------------------------------------------
+    def _apply(self, name, layer, view, writable=True):
+        for fn in self.by_name.get(name, ()):
+            out = fn(view, HookContext(name, layer, self.info))
+            if out is not None:
+                if not writable:
+                    raise VerilensError(
+                        f"{name} is computed for reading only; to change a head's output modify "
+                        f"blocks.{layer}.attn.hook_z (or use verilens.ablate_heads / patch)"
+                    )
+                if out.shape != view.shape:
+                    raise VerilensError(f"hook on {name} returned shape {tuple(out.shape)}, expected {tuple(view.shape)}")
+                view = out
+        return view
+
+    def wants(self, name):
+        return name in self.by_name
+
+    # -- installation ----------------------------------------------------------------
+    def __enter__(self):
+        try:
+            self._install()
+        except BaseException:
+            self.remove()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        self.remove()
+        return False
+
+    def remove(self):
+        for h in self.handles:
+            h.remove()
+        self.handles = []
+
+    def _pre(self, module, fn):
+        self.handles.append(module.register_forward_pre_hook(fn, with_kwargs=True))
+
+    def _post(self, module, fn):
+        self.handles.append(module.register_forward_hook(fn, with_kwargs=True))
+
+    def _install(self):
+        m = self.model
+        cfg = m.cfg
+        layers = defaultdict(set)
+        for name in self.by_name:
+            layer, point = parse_name(name, cfg.n_layers)
+            layers[layer].add(point)
+
+        if "hook_embed" in layers[None]:
+            self._post(m.embed_module, lambda mod, a, k, out: self._apply("hook_embed", None, out))
+        if "ln_final.hook_normalized" in layers[None]:
+            self._post(m.final_norm, lambda mod, a, k, out: self._apply("ln_final.hook_normalized", None, out))
+        for layer, points in layers.items():
+            if layer is not None:
+                self._install_layer(layer, points)
+
+    def _install_layer(self, l, points):
+        m, cfg = self.model, self.model.cfg
+        block = m.blocks[l]
+        attn, mlp = block.self_attn, block.mlp
+        n = lambda p: f"blocks.{l}.{p}"  # noqa: E731
+        H, Hkv, dh = cfg.n_heads, cfg.n_kv_heads, cfg.d_head
+        need_resid_pre = "hook_resid_pre" in points or "hook_resid_mid" in points
+
+        if need_resid_pre:
+            def layer_pre(mod, args, kwargs):
+                x = _first_arg(args, kwargs)
+                new = self._apply(n("hook_resid_pre"), l, x)
+                self.info.stash[("resid_pre", l)] = new
+                if new is not x:
+                    return _replace_first(args, kwargs, new)
+            self._pre(block, layer_pre)
+
+        for point, proj, heads in (("attn.hook_q", "q_proj", H), ("attn.hook_k", "k_proj", Hkv), ("attn.hook_v", "v_proj", Hkv)):
+            if point in points:
+                def proj_post(mod, a, k, out, point=point, heads=heads):
+                    b, p, _ = out.shape
+                    view = out.view(b, p, heads, dh)
+                    new = self._apply(n(point), l, view)
+                    if new is not view:
+                        return new.reshape(b, p, heads * dh)
+                self._post(getattr(attn, proj), proj_post)
+
+        if "attn.hook_pattern" in points:
+            self._install_pattern(l, attn)
+
+        if "attn.hook_z" in points or "attn.hook_result" in points:
+            def o_pre(mod, args, kwargs):
+                x = _first_arg(args, kwargs, "input")
+                b, p, _ = x.shape
+                z = x.view(b, p, H, dh)
+                new = self._apply(n("attn.hook_z"), l, z)
+                if self.wants(n("attn.hook_result")):
+                    self._apply(n("attn.hook_result"), l, m_result(self.model, l, new, self.info.positions), writable=False)
+                if new is not z:
+                    return _replace_first(args, kwargs, new.reshape(b, p, H * dh), "input")
+            self._pre(attn.o_proj, o_pre)
+
+        if "hook_attn_out" in points or "hook_resid_mid" in points:
+            def attn_post(mod, args, kwargs, out):
+                is_tuple = isinstance(out, tuple)
+                a = out[0] if is_tuple else out
+                new = self._apply(n("hook_attn_out"), l, a)
+                if self.wants(n("hook_resid_mid")):
+                    pre = self.info.stash[("resid_pre", l)]
+                    mid = pre + new
+                    mid_new = self._apply(n("hook_resid_mid"), l, mid)
+                    if mid_new is not mid:
+                        new = mid_new - pre  # the layer adds resid_pre back
+                if new is not a:
+                    return (new,) + tuple(out[1:]) if is_tuple else new
+            self._post(attn, attn_post)
+
+        for point, mod in (("mlp.hook_pre", mlp.gate_proj), ("mlp.hook_pre_linear", mlp.up_proj)):
+            if point in points:
+                self._post(mod, lambda _m, a, k, out, point=point: self._apply(n(point), l, out))
+        if "mlp.hook_post" in points:
+            def down_pre(mod, args, kwargs):
+                x = _first_arg(args, kwargs, "input")
+                new = self._apply(n("mlp.hook_post"), l, x)
+                if new is not x:
+                    return _replace_first(args, kwargs, new, "input")
+            self._pre(mlp.down_proj, down_pre)
+        if "hook_mlp_out" in points:
+            self._post(mlp, lambda _m, a, k, out: self._apply(n("hook_mlp_out"), l, out))
+        if "hook_resid_post" in points:
+            def layer_post(mod, args, kwargs, out):
+                is_tuple = isinstance(out, tuple)
+                x = out[0] if is_tuple else out
+                new = self._apply(n("hook_resid_post"), l, x)
+                if new is not x:
+                    return (new,) + tuple(out[1:]) if is_tuple else new
+            self._post(block, layer_post)
+
+    def _install_pattern(self, l, attn):
+        """Attention rows for the query positions asked for, from q and k, without
+        touching the model's own (fast) attention call."""
+        key = ("pattern", l)
+
+        def attn_pre(mod, args, kwargs):
+            self.info.stash[key] = {
+                "pos_emb": kwargs.get("position_embeddings"),
+                "cache": kwargs.get("cache", kwargs.get("past_key_values")),
+            }
+
+        def q_post(mod, a, k, out):
+            self.info.stash[key]["q"] = out
+
+        def k_post(mod, a, k, out):
+            self.info.stash[key]["k"] = out
+
+        def attn_post(mod, args, kwargs, out):
+            st = self.info.stash.pop(key)
+            pattern = attention_pattern(self.model, l, st, self.info)
+            self._apply(f"blocks.{l}.attn.hook_pattern", l, pattern, writable=False)
+
+        self._pre(attn, attn_pre)
+        # registered after any user hook on q_proj/k_proj, so the stash sees their edits
+        self._post(attn.q_proj, q_post)
+        self._post(attn.k_proj, k_post)
+        self._post(attn, attn_post)
+
+
+def _rotate_half(x):
+    h = x.shape[-1] // 2
+    return torch.cat((-x[..., h:], x[..., :h]), dim=-1)
+
+
+def _rope(x, cos, sin):
+    # x [b, heads, p, dh]; cos/sin [b, p, dh]
+    return x * cos.unsqueeze(1) + _rotate_half(x) * sin.unsqueeze(1)
+
+
+def attention_pattern(model, l, st, info: PassInfo):
+    """[batch, head, q, key] attention probabilities for the cached query positions."""
+    cfg = model.cfg
+    attn = model.blocks[l].self_attn
+    H, Hkv, dh = cfg.n_heads, cfg.n_kv_heads, cfg.d_head
+    q, k = st["q"], st["k"]
+    b, p, _ = q.shape
+    pos = info.positions if info.positions is not None else torch.arange(p, device=q.device).expand(b, p)
+    qs = q[torch.arange(b, device=q.device)[:, None], pos].view(b, -1, H, dh).transpose(1, 2)
+    if getattr(attn, "q_norm", None) is not None:
+        qs = attn.q_norm(qs.transpose(1, 2)).transpose(1, 2)
+    cos, sin = st["pos_emb"]
+    cos_q = cos.expand(b, -1, -1)[torch.arange(b, device=q.device)[:, None], pos]
+    sin_q = sin.expand(b, -1, -1)[torch.arange(b, device=q.device)[:, None], pos]
+    qs = _rope(qs, cos_q, sin_q)
+    cache = st.get("cache")
+    if cache is not None and info.past > 0:
+        keys = cache.layers[l].keys  # already rotated, past + this pass
+    else:
+        ks = k.view(b, p, Hkv, dh).transpose(1, 2)
+        if getattr(attn, "k_norm", None) is not None:
+            ks = attn.k_norm(ks.transpose(1, 2)).transpose(1, 2)
+        keys = _rope(ks, cos.expand(b, -1, -1), sin.expand(b, -1, -1))
+    keys = keys.repeat_interleave(H // Hkv, dim=1)
+    scores = torch.matmul(qs.float(), keys.float().transpose(-1, -2)) * attn.scaling
+    n_keys = keys.shape[-2]
+    q_abs = pos + info.past  # [b, k]
+    allowed = torch.arange(n_keys, device=q.device)[None, None, :] <= q_abs[:, :, None]
+    if info.attention_mask is not None:
+        allowed = allowed & info.attention_mask[:, None, -n_keys:].bool()
+    scores = scores.masked_fill(~allowed[:, None], float("-inf"))
+    probs = torch.softmax(scores, dim=-1)
+    return torch.nan_to_num(probs, nan=0.0).to(q.dtype)
+
+
+def m_result(model, l, z, positions):
+    """Per-head outputs after W_O, [batch, k, head, d_model], at `positions` only."""
+    b, p, H, dh = z.shape
+    if positions is not None:
+        z = z[torch.arange(b, device=z.device)[:, None], positions]
+    W_O = model.blocks[l].self_attn.o_proj.weight  # [d_model, H*dh]
+    W = W_O.view(W_O.shape[0], H, dh)  # view
+    return torch.einsum("bkhd,mhd->bkhm", z, W)
