@@ -1,8 +1,9 @@
 """A safe parser for the arithmetic CountDown text uses: numbers, + - * / // and brackets.
 
 Never calls eval. One grammar, two number systems: Python's own int/float semantics
-(for the reward, which must score exactly as TinyZero's eval does) and exact Fractions
-(for parsing traces and checking their arithmetic)."""
+and exact Fractions (for parsing traces and checking their arithmetic). The reward does
+not use this parser: it must accept exactly what TinyZero's eval accepts, so it parses
+with Python's own parser (reward.py)."""
 from __future__ import annotations
 
 import re
