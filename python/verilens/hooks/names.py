@@ -12,9 +12,9 @@ LAYER_POINTS = (
     "attn.hook_q",
     "attn.hook_k",
     "attn.hook_v",
-    "attn.hook_pattern",
     "attn.hook_z",
     "attn.hook_result",
+    "attn.hook_pattern",  # computed once the attention module has run
     "hook_attn_out",
     "hook_resid_mid",
     "mlp.hook_pre",

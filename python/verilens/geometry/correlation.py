@@ -1,0 +1,414 @@
+"""Global geometry: the correlation between two models' pairwise distance matrices,
+streamed tile by tile, and the Mantel permutation test.
+
+For aligned rows E_a[i] <-> E_b[i] (one token each) we want Pearson's r between
+d_A(i, j) and d_B(i, j) over all pairs i < j: 10^9-10^10 pairs at vocabulary scale.
+Nothing of size V x V is ever stored: each tile of the token x token plane yields six
+numbers (pair count and the sums of x, y, x^2, y^2, xy) and the tiles' sums are added
+with Neumaier's compensated summation in float64. x = d_A - cx, y = d_B - cy are
+shifted by pilot means (from a fixed sample of pairs) so that the raw-moment formula
+suffers no cancellation.
+
+Backends (all give the same sums to rounding):
+  "blas"   BLAS Gram tiles (torch.mm -> MKL/OpenBLAS) reduced by the compiled core's
+           fused, vectorised tile reduction (OpenMP); the CPU default (measured fastest,
+           see benchmarks/RESULTS.md)
+  "core"   the compiled core's fully fused kernel (its own cache-blocked AVX2 dots; no
+           tile is stored)
+  "torch"  BLAS tiles reduced with torch ops in float64 (no compiled code needed)
+  "triton" the GPU kernel in verilens.kernels.distance_correlation (CUDA tensors)
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..errors import VerilensError
+from ._inputs import Prepared, prepare_pair
+
+BACKENDS = ("auto", "blas", "core", "torch", "triton")
+_METRIC_CODE = {"cosine": 0, "euclidean": 1}
+_PILOT_PAIRS = 20000
+
+
+class _Neumaier:
+    __slots__ = ("s", "c")
+
+    def __init__(self):
+        self.s = 0.0
+        self.c = 0.0
+
+    def add(self, x: float):
+        t = self.s + x
+        if abs(self.s) >= abs(x):
+            self.c += (self.s - t) + x
+        else:
+            self.c += (x - t) + self.s
+        self.s = t
+
+    @property
+    def value(self) -> float:
+        return self.s + self.c
+
+
+class _Sums:
+    def __init__(self):
+        self.acc = [_Neumaier() for _ in range(6)]
+
+    def add(self, six):
+        for a, v in zip(self.acc, six):
+            a.add(float(v))
+
+    def values(self):
+        return [a.value for a in self.acc]
+
+
+def _pearson(n, sx, sy, sxx, syy, sxy) -> float:
+    vx = sxx - sx * sx / n
+    vy = syy - sy * sy / n
+    if not (vx > 0 and vy > 0):
+        raise VerilensError(
+            "the pairwise distances of one model are all equal (zero variance): the correlation is "
+            "undefined; check that the embeddings are not constant or duplicated rows")
+    return (sxy - sx * sy / n) / math.sqrt(vx * vy)
+
+
+@dataclass
+class DistanceCorrelation:
+    """Result of distance_correlation(..., return_info=True)."""
+
+    r: float
+    metric: str
+    n_tokens: int
+    n_pairs: int
+    method: str                     # "pearson" or "spearman"
+    backend: str
+    skipped_rows: list = field(default_factory=list)  # zero-norm rows dropped (zero_rows="skip")
+    sampled_pairs: int | None = None  # spearman: pairs in the sample
+
+    def __float__(self):
+        return float(self.r)
+
+
+# ----------------------------------------------------------------------------------
+# Preparation shared by the backends
+def _core():
+    try:
+        from .. import _core
+
+        if hasattr(_core, "geometry_tile_sums"):
+            return _core
+    except ImportError:
+        pass
+    return None
+
+
+def _resolve_backend(backend: str, device: torch.device) -> str:
+    if backend not in BACKENDS:
+        raise VerilensError(f"unknown backend {backend!r}; use one of {BACKENDS}")
+    if backend == "auto":
+        if device.type == "cuda":
+            return "triton"
+        return "blas"  # measured fastest on CPU (benchmarks/RESULTS.md); falls back to torch sums
+    if backend == "triton" and device.type != "cuda":
+        import os
+
+        if os.environ.get("TRITON_INTERPRET", "0") in ("0", ""):
+            raise VerilensError("backend='triton' needs CUDA tensors (or TRITON_INTERPRET=1 for testing)")
+    if backend in ("blas", "core", "torch") and device.type != "cpu":
+        raise VerilensError(f"backend={backend!r} runs on CPU tensors; move them with .cpu() or use 'triton'")
+    if backend == "core" and _core() is None:
+        raise VerilensError("backend='core' needs the compiled core (verilens._core); reinstall verilens")
+    return backend
+
+
+def _weights(prep: Prepared, metric: str):
+    """Per-row weights used by the kernels: inverse norms (cosine) or squared norms of
+    the mean-centred rows (euclidean)."""
+    A, B = prep.A, prep.B
+    if metric == "cosine":
+        return 1.0 / prep.norms_a, 1.0 / prep.norms_b, None, None
+    mu_a = A.double().mean(0) if A.shape[0] * A.shape[1] <= 1 << 24 else _blocked_mean(A)
+    mu_b = B.double().mean(0) if B.shape[0] * B.shape[1] <= 1 << 24 else _blocked_mean(B)
+    wa = _blocked_sqnorm(A, mu_a)
+    wb = _blocked_sqnorm(B, mu_b)
+    return wa, wb, mu_a, mu_b
+
+
+def _blocked_mean(X, block=8192):
+    s = torch.zeros(X.shape[1], dtype=torch.float64, device=X.device)
+    for i in range(0, X.shape[0], block):
+        s += X[i:i + block].double().sum(0)
+    return s / X.shape[0]
+
+
+def _blocked_sqnorm(X, mu, block=8192):
+    out = torch.empty(X.shape[0], dtype=torch.float64, device=X.device)
+    for i in range(0, X.shape[0], block):
+        out[i:i + block] = ((X[i:i + block].double() - mu) ** 2).sum(1)
+    return out
+
+
+def _sample_pairs(V: int, m: int, gen: torch.Generator):
+    """m random pairs (i, j), i != j, uniformly over unordered pairs (with replacement)."""
+    i = torch.randint(0, V, (m,), generator=gen)
+    j = torch.randint(0, V - 1, (m,), generator=gen)
+    j = j + (j >= i).long()
+    return i, j
+
+
+def _pair_distances(X, i, j, metric, norms, mu=None, block=65536):
+    """Exact float64 distances for the given pairs."""
+    out = torch.empty(len(i), dtype=torch.float64)
+    for s in range(0, len(i), block):
+        ii, jj = i[s:s + block].to(X.device), j[s:s + block].to(X.device)
+        xi, xj = X[ii].double(), X[jj].double()
+        if metric == "cosine":
+            d = 1.0 - (xi * xj).sum(1) / (norms[ii] * norms[jj])
+        else:
+            d = torch.linalg.vector_norm(xi - xj, dim=1)
+        out[s:s + block] = d.cpu()
+    return out
+
+
+def _pilot_shift(prep: Prepared, metric: str, seed: int = 0):
+    V = prep.A.shape[0]
+    gen = torch.Generator().manual_seed(seed + 12345)
+    i, j = _sample_pairs(V, min(_PILOT_PAIRS, V * (V - 1) // 2), gen)
+    cx = float(_pair_distances(prep.A, i, j, metric, prep.norms_a).mean())
+    cy = float(_pair_distances(prep.B, i, j, metric, prep.norms_b).mean())
+    return cx, cy
+
+
+# ----------------------------------------------------------------------------------
+# The tile loop (blas / torch backends), with any number of row maps for B (Mantel).
+def _default_tile(V: int, dtype: torch.dtype) -> int:
+    # two Gram tiles of t x t (plus one per extra permutation) stay far below 256 MB
+    return int(min(V, 2048 if dtype == torch.float32 else 1024))
+
+
+def _torch_tile_sums(ga, gb, i0, j0, upper, metric, nar, nac, nbr, nbc, cx, cy):
+    ga = ga.double()
+    gb = gb.double()
+    if metric == 0:
+        x = (1.0 - cx) - ga * nar[:, None] * nac[None, :]
+        y = (1.0 - cy) - gb * nbr[:, None] * nbc[None, :]
+    else:
+        x = torch.sqrt(torch.clamp(nar[:, None] + nac[None, :] - 2.0 * ga, min=0.0)) - cx
+        y = torch.sqrt(torch.clamp(nbr[:, None] + nbc[None, :] - 2.0 * gb, min=0.0)) - cy
+    if upper:
+        m, n = ga.shape
+        rows = torch.arange(i0, i0 + m)[:, None]
+        cols = torch.arange(j0, j0 + n)[None, :]
+        keep = (cols > rows).double()
+        x = x * keep
+        y = y * keep
+        cnt = float(keep.sum())
+    else:
+        cnt = float(ga.numel())
+    # torch.sum on CPU uses pairwise (cascade) summation
+    return (cnt, float(x.sum()), float(y.sum()), float((x * x).sum()), float((y * y).sum()),
+            float((x * y).sum()))
+
+
+def _tile_sums_multi(prep: Prepared, metric: str, wa, wb, mu_a, mu_b, cx, cy, perms,
+                     backend: str, tile: int | None, progress=None):
+    """Sums for each B row map in `perms` (None = identity) in one sweep over the tiles:
+    A's Gram tile is computed once per tile and shared by all maps."""
+    A, B = prep.A, prep.B
+    V = A.shape[0]
+    t = tile or _default_tile(V, A.dtype)
+    mcode = _METRIC_CODE[metric]
+    core = _core() if backend == "blas" else None
+    results = [_Sums() for _ in perms]
+    perms_t = [None if p is None else torch.as_tensor(p, dtype=torch.int64) for p in perms]
+
+    def rows_a(s, e):
+        X = A[s:e]
+        return X if mu_a is None else (X.double() - mu_a).to(A.dtype)
+
+    def rows_b(s, e, p):
+        X = B[s:e] if p is None else B.index_select(0, p[s:e])
+        return X if mu_b is None else (X.double() - mu_b).to(B.dtype)
+
+    ga_buf = torch.empty(t, t, dtype=A.dtype)
+    gb_buf = torch.empty(t, t, dtype=A.dtype)
+    starts = list(range(0, V, t))
+    for bi, i0 in enumerate(starts):
+        i1 = min(V, i0 + t)
+        Ai = rows_a(i0, i1)
+        Bis = [rows_b(i0, i1, p) for p in perms_t]
+        for j0 in starts[bi:]:
+            j1 = min(V, j0 + t)
+            m, n = i1 - i0, j1 - j0
+            ga = torch.mm(Ai, (Ai if j0 == i0 else rows_a(j0, j1)).T, out=ga_buf[:m, :n])
+            nar, nac = wa[i0:i1], wa[j0:j1]
+            for k, p in enumerate(perms_t):
+                Bj = Bis[k] if j0 == i0 else rows_b(j0, j1, p)
+                gb = torch.mm(Bis[k], Bj.T, out=gb_buf[:m, :n])
+                if p is None:
+                    nbr, nbc = wb[i0:i1], wb[j0:j1]
+                else:
+                    nbr, nbc = wb[p[i0:i1]], wb[p[j0:j1]]
+                upper = j0 == i0
+                if core is not None:
+                    six = core.geometry_tile_sums(
+                        ga.numpy(), gb.numpy(), i0, j0, upper, mcode,
+                        nar.numpy(), nac.numpy(), nbr.contiguous().numpy(), nbc.contiguous().numpy(), cx, cy)
+                else:
+                    six = _torch_tile_sums(ga, gb, i0, j0, upper, mcode, nar, nac, nbr, nbc, cx, cy)
+                results[k].add(six)
+            if progress is not None:
+                progress.update(1)
+    return [r.values() for r in results]
+
+
+def _core_sums_multi(prep, metric, wa, wb, cx, cy, perms, block_rows=48):
+    core = _core()
+    A = prep.A.contiguous()
+    B = prep.B.contiguous()
+    if metric == "euclidean":  # the fused kernel works on raw rows: centre them (one copy each)
+        mu_a, mu_b = A.double().mean(0), B.double().mean(0)
+        A = (A.double() - mu_a).to(prep.A.dtype)
+        B = (B.double() - mu_b).to(prep.B.dtype)
+    out = []
+    for p in perms:
+        pn = None if p is None else np.ascontiguousarray(np.asarray(p, dtype=np.int64))
+        out.append(list(core.geometry_stream_sums(A.numpy(), B.numpy(), pn, _METRIC_CODE[metric],
+                                                  wa.numpy(), wb.numpy(), cx, cy, block_rows)))
+    return out
+
+
+def _triton_sums_multi(prep, metric, wa, wb, mu_a, mu_b, cx, cy, perms, block=None):
+    from verilens.kernels.distance_correlation import pearson_sums_triton
+
+    A, B = prep.A, prep.B
+    if metric == "euclidean":
+        A = (A.double() - mu_a.to(A.device)).to(A.dtype)
+        B = (B.double() - mu_b.to(B.device)).to(B.dtype)
+    out = []
+    for p in perms:
+        pt = None if p is None else torch.as_tensor(p, dtype=torch.int64, device=A.device)
+        out.append(list(pearson_sums_triton(A.contiguous(), B.contiguous(), _METRIC_CODE[metric],
+                                            wa, wb, cx, cy, perm=pt, block=block)))
+    return out
+
+
+def _sums_for(prep, metric, perms, backend, tile=None, seed=0, progress=None):
+    wa, wb, mu_a, mu_b = _weights(prep, metric)
+    cx, cy = _pilot_shift(prep, metric, seed)
+    if backend == "core":
+        return _core_sums_multi(prep, metric, wa.cpu(), wb.cpu(), cx, cy, perms)
+    if backend == "triton":
+        return _triton_sums_multi(prep, metric, wa, wb, mu_a, mu_b, cx, cy, perms,
+                                  block=None if tile is None else (tile, tile, 16))
+    return _tile_sums_multi(prep, metric, wa, wb, mu_a, mu_b, cx, cy, perms, backend, tile, progress)
+
+
+# ----------------------------------------------------------------------------------
+# Public API
+def distance_correlation(E_a, E_b, metric: str = "cosine", *, rank: bool = False,
+                         zero_rows: str = "raise", sample_pairs: int = 1_000_000, seed: int = 0,
+                         backend: str = "auto", tile: int | None = None, return_info: bool = False):
+    """Pearson correlation between the pairwise distance matrices of two row-aligned
+    embedding matrices, over all pairs i < j, streamed (no V x V matrix is stored).
+
+    E_a: [V, d_a], E_b: [V, d_b] (torch tensors or numpy arrays, both float32 or both
+    float64; widths may differ), row i of each belongs to the same token.
+    metric: "cosine" (1 - cos) or "euclidean".
+    rank=True: Spearman's rho on `sample_pairs` uniformly sampled pairs (exact distances
+    in float64; all pairs when there are fewer).
+    zero_rows (cosine): "raise" (default) names the zero-norm rows; "skip" drops them
+    from both sides and warns with the count (also in the info's skipped_rows).
+    backend: "auto" | "blas" | "core" | "torch" | "triton" (see the module doc).
+    Returns a float, or a DistanceCorrelation with return_info=True."""
+    prep = prepare_pair(E_a, E_b, metric, zero_rows=zero_rows)
+    V = prep.A.shape[0]
+    n_all = V * (V - 1) // 2
+    if rank:
+        r, used = _spearman_sample(prep, metric, sample_pairs, seed)
+        info = DistanceCorrelation(r, metric, V, n_all, "spearman", "sample", list(prep.skipped), used)
+    else:
+        be = _resolve_backend(backend, prep.A.device)
+        (six,) = _sums_for(prep, metric, [None], be, tile=tile, seed=seed)
+        if int(round(six[0])) != n_all:
+            raise RuntimeError(f"internal error: counted {six[0]} pairs, expected {n_all}")
+        r = _pearson(*six)
+        info = DistanceCorrelation(r, metric, V, n_all, "pearson", be, list(prep.skipped))
+    return info if return_info else info.r
+
+
+def _spearman_sample(prep, metric, sample_pairs, seed):
+    from scipy.stats import spearmanr
+
+    V = prep.A.shape[0]
+    n_all = V * (V - 1) // 2
+    if sample_pairs < 3:
+        raise VerilensError("sample_pairs must be at least 3")
+    if n_all <= sample_pairs:
+        iu = torch.triu_indices(V, V, offset=1)
+        i, j = iu[0], iu[1]
+    else:
+        gen = torch.Generator().manual_seed(seed)
+        i, j = _sample_pairs(V, sample_pairs, gen)
+    x = _pair_distances(prep.A, i, j, metric, prep.norms_a)
+    y = _pair_distances(prep.B, i, j, metric, prep.norms_b)
+    rho = spearmanr(x.numpy(), y.numpy()).statistic
+    if not np.isfinite(rho):
+        raise VerilensError("Spearman's rho is undefined: the sampled distances of one model are constant")
+    return float(rho), len(i)
+
+
+@dataclass
+class MantelResult:
+    r: float                 # observed Pearson r between the distance matrices
+    p_value: float           # (1 + #{r_perm >= r}) / (1 + permutations), one-sided
+    permutations: int
+    null: np.ndarray         # r under each permutation
+    metric: str
+    n_tokens: int
+    skipped_rows: list = field(default_factory=list)
+
+    def __float__(self):
+        return float(self.r)
+
+
+def mantel(E_a, E_b, metric: str = "cosine", *, permutations: int = 99, seed: int = 0,
+           alternative: str = "greater", zero_rows: str = "raise", backend: str = "auto",
+           tile: int | None = None, batch: int = 8) -> MantelResult:
+    """Mantel permutation test for the correlation of two distance matrices.
+
+    Each permutation p relabels the tokens of E_b: r_p = corr(d_A(i,j), d_B(p(i),p(j))),
+    computed by the same streaming kernel with the permutation applied to row indices on
+    the fly (no permuted copy of E_b or of any distance matrix). On the tile backends up
+    to `batch` permutations share one sweep, so A's Gram tiles are computed once per
+    batch: a permutation costs about one B-side Gram pass plus its reduction.
+    p-value: (1 + #{r_p >= r}) / (1 + permutations) ("greater"), "less" or "two-sided"
+    (|r_p - mean| >= |r - mean|)."""
+    if permutations < 1:
+        raise VerilensError("permutations must be at least 1")
+    if alternative not in ("greater", "less", "two-sided"):
+        raise VerilensError("alternative must be 'greater', 'less' or 'two-sided'")
+    prep = prepare_pair(E_a, E_b, metric, zero_rows=zero_rows)
+    V = prep.A.shape[0]
+    be = _resolve_backend(backend, prep.A.device)
+    rng = np.random.default_rng(seed)
+    perm_list = [rng.permutation(V) for _ in range(permutations)]
+    maps = [None] + perm_list
+    rs = []
+    step = max(1, batch) if be in ("blas", "torch") else 1
+    for s in range(0, len(maps), step):
+        for six in _sums_for(prep, metric, maps[s:s + step], be, tile=tile, seed=seed):
+            rs.append(_pearson(*six))
+    r, null = rs[0], np.asarray(rs[1:])
+    if alternative == "greater":
+        k = int(np.sum(null >= r))
+    elif alternative == "less":
+        k = int(np.sum(null <= r))
+    else:
+        mu = null.mean()
+        k = int(np.sum(np.abs(null - mu) >= abs(r - mu)))
+    return MantelResult(r, (1 + k) / (1 + permutations), permutations, null, metric, V, list(prep.skipped))
