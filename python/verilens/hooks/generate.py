@@ -46,7 +46,8 @@ def generate(model, input, max_new_tokens=64, do_sample=False, temperature=1.0, 
     as Hugging Face does); text -> prompt + continuation text (cut after a stop string).
     `stop`: strings that end a sequence (kept in the output). With `cache_names`, also
     returns an ActivationCache whose tensors are [b, new, ...]: entry i is the
-    activation at the position that predicted generated token i."""
+    activation at the position that predicted generated token i (attention rows are
+    [b, new, head, keys], right-padded with zeros to the last step's length)."""
     from transformers import DynamicCache
 
     if max_new_tokens < 0:
@@ -106,7 +107,7 @@ def generate(model, input, max_new_tokens=64, do_sample=False, temperature=1.0, 
             istore = {}
             inter = model._run(step_ids, None, base_hooks + model._active_hooks() + cache_hooks(istore),
                                positions=last_pos, kv=kv, past=past, use_cache=True, full_mask=full_mask)[:, -1]
-            kv.crop(past)
+            kv.crop(-step_ids.shape[1])  # drop the intervened keys/values again
         logits = model._run(step_ids, None, base_hooks + cache_hooks(store), positions=last_pos, kv=kv, past=past,
                             use_cache=True, full_mask=full_mask)[:, -1]
         if firing.any():
@@ -154,7 +155,13 @@ def generate(model, input, max_new_tokens=64, do_sample=False, temperature=1.0, 
     gen = torch.stack(new_tokens, 1) if new_tokens else ids[:, :0]
     cache = None
     if names:
-        data = {n: torch.stack([s[n][1] for s in store_steps[: gen.shape[1]]], 1) for n in names}
+        data = {}
+        for n in names:
+            steps = [s[n][1] for s in store_steps[: gen.shape[1]]]
+            if n.endswith("hook_pattern"):  # rows grow by one key per step: right-pad with zeros
+                width = steps[-1].shape[-1]
+                steps = [torch.nn.functional.pad(x, (0, width - x.shape[-1])) for x in steps]
+            data[n] = torch.stack(steps, 1)
         cache = ActivationCache(data, model, attention_mask=torch.ones_like(gen))
     if not given_text:
         out = torch.cat([ids, gen], 1)

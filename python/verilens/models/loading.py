@@ -174,10 +174,3 @@ def convert_gguf(gguf_path, out_dir, dtype=torch.float32) -> Path:
     os.replace(tmp, out)
     return out
 
-
-def __getattr__(name):  # transitional: tests written against the pre-HookedModel API
-    if name == "LoadedModel":
-        from ..hooks import HookedModel
-
-        return HookedModel
-    raise AttributeError(name)

@@ -36,6 +36,8 @@ class TinySpec:
     lr: float = 3e-3
     warmup: int = 50
     weight_decay: float = 0.05
+    verdict_weight: float = 10.0  # loss weight of the verdict token ("this"/"not") after " ("
+    p_chain: float = 0.4  # share of chained attempts ("a + b - c = v - c = w"): arithmetic step by step
 
 
 def qwen2_config(spec: TinySpec, tokenizer):
@@ -59,30 +61,46 @@ def qwen2_config(spec: TinySpec, tokenizer):
     )
 
 
-def training_texts(problems, rng: random.Random):
+def training_texts(problems, rng: random.Random, p_chain: float = 0.2):
     """(prompt, response) pairs with fresh synthetic traces."""
     for p in problems:
-        yield prompt(p), write_trace(p, rng)
+        yield prompt(p), write_trace(p, rng, p_chain=p_chain)
 
 
-def encode_example(tokenizer, prompt_text: str, response: str):
-    """Token ids and loss mask (1 on response tokens and the final EOS)."""
+def encode_example(tokenizer, prompt_text: str, response: str, verdict_weight: float = 1.0):
+    """Token ids and per-token loss weights: 0 on the prompt, 1 on the response and the
+    final EOS, `verdict_weight` on each verdict token (the one right after " ("): the
+    single token where the model must compare its claimed value with the target."""
     p_ids = tokenizer.encode(prompt_text, add_special_tokens=False)
     r_ids = tokenizer.encode(response, add_special_tokens=False) + [tokenizer.eos_token_id]
-    return p_ids + r_ids, [0] * len(p_ids) + [1] * len(r_ids)
+    paren = tokenizer.convert_tokens_to_ids(tokenizer.tokenize(" ("))[0]
+    w = [0.0] * len(p_ids) + [1.0] * len(r_ids)
+    ids = p_ids + r_ids
+    for i in range(len(p_ids) + 1, len(ids)):
+        if ids[i - 1] == paren:
+            w[i] = verdict_weight
+    return ids, w
 
 
 def collate(examples, pad_id: int):
-    """Right-padded batch: input_ids, attention_mask, labels (-100 where no loss)."""
+    """Right-padded batch: input_ids, attention_mask, per-token loss weights."""
     n = max(len(ids) for ids, _ in examples)
     ids = torch.full((len(examples), n), pad_id, dtype=torch.long)
     attn = torch.zeros((len(examples), n), dtype=torch.long)
-    labels = torch.full((len(examples), n), -100, dtype=torch.long)
-    for i, (x, m) in enumerate(examples):
+    weights = torch.zeros((len(examples), n), dtype=torch.float32)
+    for i, (x, w) in enumerate(examples):
         ids[i, : len(x)] = torch.tensor(x)
         attn[i, : len(x)] = 1
-        labels[i, : len(x)] = torch.where(torch.tensor(m) == 1, torch.tensor(x), torch.tensor(-100))
-    return ids, attn, labels
+        weights[i, : len(x)] = torch.tensor(w)
+    return ids, attn, weights
+
+
+def weighted_loss(logits, ids, weights):
+    """Next-token cross-entropy, weighted per target token, normalised by the number
+    of response tokens (so verdict_weight adds emphasis without rescaling the rest)."""
+    ce = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), ids[:, 1:].flatten(), reduction="none")
+    w = weights[:, 1:].flatten()
+    return (ce * w).sum() / (w > 0).sum().clamp(min=1)
 
 
 def train_problems(spec: TinySpec):

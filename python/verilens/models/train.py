@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from ..errors import VerilensError
-from .tiny import TinySpec, collate, encode_example, qwen2_config, train_problems, training_texts
+from .tiny import TinySpec, collate, encode_example, qwen2_config, train_problems, training_texts, weighted_loss
 from .tokenizer import train_tokenizer
 
 GROUP = 8  # batches are drawn GROUP at a time and bucketed by length to cut padding
@@ -31,7 +31,8 @@ def _atomic_torch_save(obj, path: Path):
 def _group_batches(spec, problems, tokenizer, group: int):
     rng = random.Random(spec.seed * 1_000_003 + group)
     chosen = [problems[rng.randrange(len(problems))] for _ in range(GROUP * spec.batch_size)]
-    examples = [encode_example(tokenizer, p, r) for p, r in training_texts(chosen, rng)]
+    examples = [encode_example(tokenizer, p, r, spec.verdict_weight)
+                for p, r in training_texts(chosen, rng, spec.p_chain)]
     examples.sort(key=lambda e: len(e[0]))
     batches = [examples[i * spec.batch_size : (i + 1) * spec.batch_size] for i in range(GROUP)]
     rng.shuffle(batches)
@@ -104,10 +105,10 @@ def train(out_dir, spec: TinySpec | None = None, checkpoint_every: int = 50, thr
         if step // GROUP != group:
             group = step // GROUP
             batches = _group_batches(spec, problems, tokenizer, group)
-        ids, attn, labels = collate(batches[step % GROUP], tokenizer.eos_token_id)
+        ids, attn, weights = collate(batches[step % GROUP], tokenizer.eos_token_id)
         for g in opt.param_groups:
             g["lr"] = _lr(spec, step)
-        loss = model(input_ids=ids, attention_mask=attn, labels=labels).loss
+        loss = weighted_loss(model(input_ids=ids, attention_mask=attn).logits, ids, weights)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
