@@ -1,0 +1,97 @@
+"""User mistakes raise a clear VerilensError before any compute and leave no hook attached."""
+import dataclasses
+
+import pytest
+import torch
+
+import verilens
+from verilens.errors import VerilensError
+
+
+def _installed(model):
+    return {(id(m), k) for m in model.hf_model.modules() for d in (m._forward_hooks, m._forward_pre_hooks) for k in d}
+
+
+@pytest.fixture
+def clean(qwen):
+    before = _installed(qwen)
+    yield qwen
+    assert _installed(qwen) == before
+    assert not qwen._context_hooks and not qwen._active
+
+
+def test_unknown_hook_name_lists_closest(clean, texts):
+    with pytest.raises(VerilensError, match="blocks.1.hook_resid_post"):
+        clean.run_with_cache(texts, names=["blocks.1.hook_resid_pots"])
+    with pytest.raises(VerilensError, match="unknown hook name"):
+        clean.run_with_hooks(texts, fwd_hooks=[("nonsense", lambda x, h: None)])
+    with pytest.raises(VerilensError, match="out of range"):
+        clean.run_with_cache(texts, names=["blocks.9.hook_resid_post"])
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: verilens.ablate_heads([(7, 0)]), "layer 7 out of range"),
+    (lambda: verilens.ablate_heads([(0, 4)]), "head 4 out of range"),
+    (lambda: verilens.ablate_heads([(0, 0)], mode="median"), "mode"),
+    (lambda: verilens.ablate_neurons({1: [96]}), "out of range"),
+    (lambda: verilens.ablate_neurons({-1: [0]}), "layer -1 out of range"),
+    (lambda: verilens.project_out(torch.randn(63), layers=[0]), "width d_model = 64"),
+    (lambda: verilens.steer(torch.randn(2, 64), layers=[0]), "one vector per layer"),
+    (lambda: verilens.steer(torch.full((64,), float("nan")), layers=[0]), "NaN"),
+    (lambda: verilens.steer(torch.randn(64), layers=[3]), "layer 3 out of range"),
+    (lambda: verilens.patch("blocks.0.attn.hook_pattern", 0.0), "read-only"),
+    (lambda: verilens.patch("blocks.0.hook_nope", 0.0), "unknown hook name"),
+])
+def test_bad_interventions_raise_before_compute(clean, make, match):
+    calls = []
+    h = clean.hf_model.register_forward_pre_hook(lambda *a: calls.append(1))
+    try:
+        with pytest.raises(VerilensError, match=match):
+            with clean.intervene(make()):
+                clean("never run")
+    finally:
+        h.remove()
+    assert not calls
+
+
+def test_positions_past_the_sequence(clean, texts):
+    n = clean.to_tokens(texts).shape[1]
+    with pytest.raises(VerilensError, match="past the sequence"):
+        clean.run_with_cache(texts, names=["blocks.0.hook_resid_post"], positions=[[n]] * len(texts))
+    with pytest.raises(VerilensError, match="past the end"):
+        with clean.intervene(verilens.steer(torch.randn(64), layers=[0], positions=[n + 5])):
+            clean(texts)
+    with pytest.raises(VerilensError, match="same number of positions"):
+        clean.run_with_cache(texts, names=["blocks.0.hook_resid_post"], positions=[[1]])
+
+
+def test_trigger_must_be_one_token(clean):
+    with pytest.raises(VerilensError, match="exactly one"):
+        with clean.intervene(verilens.ablate_heads([(0, 0)]), when=verilens.at_token("Assistant: Let me")):
+            pass
+
+
+def test_intervention_on_missing_component(qwen):
+    no_glu = verilens.HookedModel(qwen.hf_model, qwen.tokenizer)
+    no_glu.cfg = dataclasses.replace(no_glu.cfg, gated_mlp=False)
+    with pytest.raises(VerilensError, match="GLU"):
+        with no_glu.intervene(verilens.ablate_neurons({0: [1]})):
+            pass
+    with pytest.raises(VerilensError, match="GLU"):
+        no_glu.W_gate
+
+
+def test_hook_returning_wrong_shape(clean, texts):
+    with pytest.raises(VerilensError, match="returned shape"):
+        clean.run_with_hooks(texts, fwd_hooks=[("blocks.0.hook_resid_post", lambda x, h: x[:, :1])])
+    with pytest.raises(VerilensError, match="reading only"):
+        clean.run_with_hooks(texts, fwd_hooks=[("blocks.0.attn.hook_result", lambda x, h: x * 0)])
+
+
+def test_bad_input_types(clean):
+    with pytest.raises(VerilensError):
+        clean(3.5)
+    with pytest.raises(VerilensError):
+        clean([])
+    with pytest.raises(VerilensError):
+        clean.logit_lens(torch.randn(3, 10))
