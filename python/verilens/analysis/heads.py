@@ -1,0 +1,61 @@
+"""Previous-token heads: heads that read the target number (PAPER.md section 4).
+
+Context: a correct attempt cut right before its " (" (the last token is the attempt's
+final number). Density of head (l, h): the attention weight from the LAST query
+position summed over the key positions holding the target number's tokens, counting
+only keys before the attempts begin (before " Let's try different"), averaged over
+contexts."""
+from __future__ import annotations
+
+import re
+
+import torch
+
+from ..errors import VerilensError
+
+ATTEMPTS_START = " Let's try different"
+
+
+def target_key_positions(model, text: str, target: int) -> list[int]:
+    """Token indices (in model.tokenize(text) without padding) of every occurrence of the
+    target number before the attempts begin."""
+    cut = text.find(ATTEMPTS_START)
+    head = text if cut < 0 else text[:cut]
+    enc = model.tokenizer(text, return_offsets_mapping=True, add_special_tokens=True)
+    spans = [(m.start(), m.end()) for m in re.finditer(rf"(?<!\d){int(target)}(?!\d)", head)]
+    out = []
+    for i, (s, e) in enumerate(enc["offset_mapping"]):
+        if e > s and any(s < b and e > a for a, b in spans):
+            out.append(i)
+    return out
+
+
+@torch.no_grad()
+def target_attention_density(model, contexts, targets, batch_size: int = 16) -> torch.Tensor:
+    """[n_layers, n_heads] mean attention from the last position to the target's tokens."""
+    if len(contexts) != len(targets) or not contexts:
+        raise VerilensError("need one target per context, and at least one context")
+    L, H = model.cfg.n_layers, model.cfg.n_heads
+    names = [f"blocks.{l}.attn.hook_pattern" for l in range(L)]
+    total = torch.zeros(L, H)
+    for s in range(0, len(contexts), batch_size):
+        texts, tg = contexts[s:s + batch_size], targets[s:s + batch_size]
+        ids, mask = model.tokenize(list(texts))
+        _, cache = model.run_with_cache(list(texts), names=names, positions="last")
+        pad = (mask == 0).sum(1)  # left padding shifts each row's token indices
+        for r, (t, target) in enumerate(zip(texts, tg)):
+            keys = [int(pad[r]) + k for k in target_key_positions(model, t, target)]
+            if not keys:
+                raise VerilensError(f"context {s + r}: the target {target} does not occur before the attempts")
+            for l in range(L):
+                total[l] += cache["pattern", l][r, :, 0, keys].sum(-1).float().cpu()
+    return total / len(contexts)
+
+
+def select_heads(density: torch.Tensor, threshold: float = 0.1, top_k: int | None = None):
+    """Heads with density > threshold, the top_k of them (default: all), densest first."""
+    flat = density.flatten()
+    order = torch.argsort(flat, descending=True)
+    H = density.shape[1]
+    out = [(int(i) // H, int(i) % H) for i in order if flat[i] > threshold]
+    return out if top_k is None else out[:top_k]
