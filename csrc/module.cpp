@@ -11,6 +11,11 @@
 
 namespace py = pybind11;
 
+// ---- geometry (verilens.geometry: streaming distance correlation) -----------------
+// Defined in geometry_bindings.cpp.
+void verilens_register_geometry(py::module_& m);
+// ---- end geometry ------------------------------------------------------------------
+
 namespace {
 
 // Solves one problem; py::none() when there is no solution. Overflow of int64 is
@@ -56,6 +61,9 @@ PYBIND11_MODULE(_core, m) {
         "intermediate value leaves int64.");
   m.def("countdown_solve_many", &solve_many, py::arg("nums"), py::arg("targets"),
         "countdown_solve over many problems in parallel; '!overflow' marks entries to redo.");
+  // ---- geometry ----
+  verilens_register_geometry(m);
+  // ---- end geometry ----
 #ifdef VERILENS_HAVE_OPENMP
   m.attr("has_openmp") = true;
 #else

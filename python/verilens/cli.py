@@ -74,6 +74,11 @@ def eval_cmd(
     typer.echo(json.dumps(metrics, indent=2))
 
 
+from .geometry.cli import geometry as _geometry_cmd  # noqa: E402
+
+app.command("geometry")(_geometry_cmd)
+
+
 def main():
     try:
         app()

@@ -92,8 +92,18 @@ def row_norms64(X: torch.Tensor, block: int = 8192) -> torch.Tensor:
     """Row norms in float64 without a float64 copy of X."""
     out = torch.empty(X.shape[0], dtype=torch.float64, device=X.device)
     for s in range(0, X.shape[0], block):
-        out[s:s + block] = torch.linalg.vector_norm(X[s:s + block].double(), dim=1)
+        out[s:s + block] = torch.linalg.vector_norm(X[s:s + block], dim=1, dtype=torch.float64)
     return out
+
+
+def check_finite_by_norms(X: torch.Tensor, norms: torch.Tensor, name: str):
+    """A row holds NaN or inf exactly when its float64 norm is not finite (float32 rows
+    cannot overflow a float64 norm); only then is the row-wise check run to name them."""
+    if bool(torch.isfinite(norms).all()):
+        return
+    check_finite(X, name)
+    bad = torch.nonzero(~torch.isfinite(norms)).flatten().tolist()
+    raise VerilensError(f"{name} rows {_name_rows(bad)} are too large: their norm overflows float64; rescale E")
 
 
 @dataclass
@@ -115,9 +125,9 @@ def prepare_pair(E_a, E_b, metric: str, zero_rows: str = "raise", min_rows: int 
         raise VerilensError(f"zero_rows must be 'raise' or 'skip', not {zero_rows!r}")
     A, B = as_matrix(E_a, "E_a"), as_matrix(E_b, "E_b")
     check_pair(A, B, min_rows=min_rows)
-    check_finite(A, "E_a")
-    check_finite(B, "E_b")
     na, nb = row_norms64(A), row_norms64(B)
+    check_finite_by_norms(A, na, "E_a")
+    check_finite_by_norms(B, nb, "E_b")
     prep = Prepared(A, B, norms_a=na, norms_b=nb)
     if metric == "cosine":
         zero = (na == 0) | (nb == 0)

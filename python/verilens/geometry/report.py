@@ -56,7 +56,7 @@ def _heatmap_png(names, R, title) -> bytes:
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
     buf = io.BytesIO()
-    fig.savefig(buf, format="png")
+    fig.savefig(buf, format="png", bbox_inches="tight")
     plt.close(fig)
     return buf.getvalue()
 
@@ -103,13 +103,22 @@ def run_geometry(models, out, which: str = "embed", metric: str = "cosine", max_
     for m in models:
         say(f"loading {m} ({which})")
         srcs.append(load_embeddings(m, which))
-    names = [Path(s.name).name or s.name for s in srcs]
+    names = []
+    for s in srcs:  # short, unique labels
+        nm = Path(s.name).name or s.name
+        base, c = nm, 2
+        while nm in names:
+            nm, c = f"{base} ({c})", c + 1
+        names.append(nm)
 
     model_info = []
     for s, nm in zip(srcs, names):
         V = s.matrix.shape[0]
-        sample = np.random.default_rng(seed).choice(V, size=min(V, max_tokens or V, 10000), replace=False)
-        idim = intrinsic_dimension(s.matrix[np.sort(sample)], k=max(3, 2 * k), metric=metric)
+        usable = np.flatnonzero(np.isfinite(s.matrix.numpy()).all(1) & (s.matrix.norm(dim=1).numpy() > 0))
+        sample = np.random.default_rng(seed).choice(usable, size=min(len(usable), max_tokens or V, 10000),
+                                                    replace=False)
+        idim = intrinsic_dimension(s.matrix[np.sort(sample)], k=min(max(3, 2 * k), len(sample) - 1),
+                                   metric=metric)
         model_info.append({"name": nm, "source": s.source, "vocab_rows": V, "dim": int(s.matrix.shape[1]),
                            "intrinsic_dimension": {"estimator": "Levina-Bickel MLE (MacKay-Ghahramani pooled)",
                                                    "k": idim.k, "global": idim.global_mle,
@@ -124,16 +133,21 @@ def run_geometry(models, out, which: str = "embed", metric: str = "cosine", max_
         t0 = time.time()
         sv = shared_vocab(a.tokenizer, b.tokenizer, max_tokens=max_tokens, seed=seed)
         keep = (sv.idx_a < a.matrix.shape[0]) & (sv.idx_b < b.matrix.shape[0])
+        ok_a = a.matrix.norm(dim=1).numpy() > 0
+        ok_b = b.matrix.norm(dim=1).numpy() > 0
+        keep[keep] &= ok_a[sv.idx_a[keep]] & ok_b[sv.idx_b[keep]]  # zero rows (e.g. padding): no direction
+        n_zero = int((~keep).sum())
         ia, ib = sv.idx_a[keep], sv.idx_b[keep]
         strings = [s for s, kp in zip(sv.strings, keep) if kp]
         Ea, Eb = a.matrix[ia], b.matrix[ib]
         say(f"{names[i]} vs {names[j]}: {len(strings)} shared tokens")
         info = distance_correlation(Ea, Eb, metric, zero_rows="skip", return_info=True)
-        rho = distance_correlation(Ea, Eb, metric, rank=True, zero_rows="skip", seed=seed)
+        rho = distance_correlation(Ea, Eb, metric, rank=True, zero_rows="skip", seed=seed,
+                                   sample_pairs=200_000)
         R[i, j] = R[j, i] = info.r
         entry = {"a": names[i], "b": names[j], "shared_vocab": sv.stats, "tokens": len(strings),
                  "pairs": info.n_pairs, "pearson_r": info.r, "spearman_rho_sampled": rho,
-                 "skipped_zero_rows": len(info.skipped_rows), "backend": info.backend}
+                 "skipped_zero_rows": n_zero + len(info.skipped_rows), "backend": info.backend}
         if permutations > 0:
             mt = min(len(strings), mantel_tokens)
             sub = np.sort(np.random.default_rng(seed).choice(len(strings), size=mt, replace=False))
