@@ -23,7 +23,7 @@ def demo(
     out: Path = typer.Option(Path("verilens-demo"), help="Output folder."),
     n: int = typer.Option(8, help="Problems to generate traces for."),
     seed: int = typer.Option(0, help="Problem seed (test split)."),
-    eval_n: int = typer.Option(100, help="Problems for the eval numbers."),
+    eval_n: int = typer.Option(50, help="Problems for the eval numbers (use verilens eval for the full 500)."),
 ):
     """Run countdown-tiny on a few problems: traces, parsed verdicts and eval numbers."""
     from .demo import run_demo

@@ -16,7 +16,7 @@ from .models import load
 from .models.evaluate import evaluate, generate
 
 
-def run_demo(out_dir, n: int = 8, seed: int = 0, eval_n: int = 100) -> dict:
+def run_demo(out_dir, n: int = 8, seed: int = 0, eval_n: int = 50) -> dict:
     console = Console()
     m = load("countdown-tiny")
     problems = generate_problems(n, seed=seed, split="test")
