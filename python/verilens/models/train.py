@@ -135,10 +135,10 @@ def save_model(model, tokenizer, path, spec: TinySpec | None = None) -> Path:
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     tmp.mkdir(parents=True, exist_ok=True)
-    model = model.to(torch.float16)
-    model.config.torch_dtype = "float32"  # the dtype verilens.load uses by default
-    model.save_pretrained(tmp, safe_serialization=True)
-    model.to(torch.float32)
+    # fp16 copies of the weights only: casting the model itself would also round its
+    # buffers (RoPE inv_freq) and change the caller's model
+    half = {k: v.detach().to(torch.float16) for k, v in model.state_dict().items()}
+    model.save_pretrained(tmp, state_dict=half, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
     if spec is not None:
         (tmp / "verilens_spec.json").write_text(json.dumps(asdict(spec), indent=1))
