@@ -1,0 +1,230 @@
+"""GPU benchmarks of the fused ops (issue 4, sections 4 and 6): each Triton kernel
+against the unfused torch version, `triton.testing.do_bench`, fp16 and bf16, at
+Qwen2.5-3B shapes (d_model 2048, 16 heads x 128, d_mlp 11008), batch 8 x 256 tokens
+(and a decoding step: batch 8 x 1 token).
+
+    python benchmarks/bench_kernels.py [--dtype fp16 bf16] [--json out.json]
+    pytest benchmarks/bench_kernels.py --benchmark-only -s
+
+Needs CUDA and Triton; without them it says so and exits 0 (pytest: skipped).
+
+The baselines are what the hooked runtime does today without the ops, and the torch
+references the tests use (`*_ref`), so the two never drift:
+- o_proj: the plain `F.linear` (the floor: no ablation), the runtime's hand edit of
+  hook_z (clone, zero/mean the heads' slices, `torch.where` over positions/rows) then
+  `F.linear`, and for hook_result the runtime's gather + einsum;
+- GLU: Hugging Face's `F.silu(gate) * up` (the floor), then the runtime's hook_post edit
+  (clone, index set, `torch.where`) and capture (gather); `down_proj` (cuBLAS) is timed
+  alongside to show what share of the MLP the elementwise part is, and whether fusing
+  down_proj could pay (the op returns act for torch's matmul).
+Every row reports do_bench's median and its 20-80% quantiles; every ratio is baseline
+median / candidate median from the same process on the same GPU. Correctness is checked
+(relative error against the torch version) before anything is timed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import torch
+import torch.nn.functional as F
+
+B, T = 8, 256
+D_MODEL, N_HEADS, D_HEAD, D_MLP = 2048, 16, 128, 11008
+HEADS = [3, 7, 11]  # ablated heads
+NEURONS = list(range(100, 11008, 688))  # 16 neurons
+N_POS = 2  # positions per sequence for hook_result / capture
+
+
+def _cuda_ready() -> str | None:
+    if not torch.cuda.is_available():
+        return "needs a CUDA GPU"
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return "needs Triton"
+    return None
+
+
+def _rel(x, ref):
+    return float((x.double() - ref.double()).norm() / ref.double().norm().clamp_min(1e-30))
+
+
+def _bench(fn):
+    from triton.testing import do_bench
+
+    med, lo, hi = do_bench(fn, warmup=50, rep=300, quantiles=[0.5, 0.2, 0.8])
+    return {"median_ms": med, "p20_ms": lo, "p80_ms": hi}
+
+
+def _inputs(dtype, M_tokens):
+    g = torch.Generator(device="cuda").manual_seed(0)
+    z = torch.randn(B, M_tokens, N_HEADS * D_HEAD, device="cuda", generator=g).to(dtype)
+    W_O = (torch.randn(D_MODEL, N_HEADS * D_HEAD, device="cuda", generator=g) / 45).to(dtype)
+    gate = torch.randn(B, M_tokens, D_MLP, device="cuda", generator=g).to(dtype)
+    up = torch.randn(B, M_tokens, D_MLP, device="cuda", generator=g).to(dtype)
+    W_down = (torch.randn(D_MODEL, D_MLP, device="cuda", generator=g) / 105).to(dtype)
+    pos = torch.stack([torch.full((B,), M_tokens - 1, device="cuda"),
+                       torch.randint(0, M_tokens, (B,), device="cuda", generator=g)], 1)[:, :N_POS].long()
+    last = torch.zeros(B, M_tokens, dtype=torch.bool, device="cuda")
+    last[:, -1] = True
+    return z, W_O, gate, up, W_down, pos, last
+
+
+# ---- the unfused torch versions (what the runtime does without the ops) ---------------
+def oproj_hand_edit(z, W_O, heads, where=None, mean=None):
+    b, p, _ = z.shape
+    z4 = z.view(b, p, N_HEADS, D_HEAD)
+    new = z4.clone()
+    new[:, :, heads] = 0 if mean is None else mean[heads].to(z.dtype)
+    if where is not None:
+        new = torch.where(where[..., None, None], new, z4)
+    return F.linear(new.reshape(b, p, -1), W_O), new
+
+
+def oproj_hand_edit_result(z, W_O, heads, pos):
+    out, new = oproj_hand_edit(z, W_O, heads)
+    zs = new[torch.arange(z.shape[0], device=z.device)[:, None], pos]
+    return out, torch.einsum("bkhd,mhd->bkhm", zs, W_O.view(D_MODEL, N_HEADS, D_HEAD))
+
+
+def glu_hand_edit(gate, up, idx, where=None, pos=None, cap_idx=None):
+    act = F.silu(gate) * up
+    new = act.clone()
+    new[..., idx] = 0
+    if where is not None:
+        new = torch.where(where[..., None], new, act)
+    cap = None
+    if pos is not None:
+        cap = new[torch.arange(new.shape[0], device=new.device)[:, None], pos][..., cap_idx]
+    return new, cap
+
+
+def run(dtypes=("fp16", "bf16")):
+    from verilens.kernels.head_masked_o_proj import head_masked_o_proj_ref, head_masked_o_proj_triton
+    from verilens.kernels.masked_glu import masked_glu_ref, masked_glu_triton
+
+    rows = []
+
+    def add(group, name, fn, baseline=None, check=None):
+        if check is not None:
+            got, ref = check()
+            err = _rel(got, ref)
+            tol = 2e-2 if "bf16" in group else 5e-3
+            assert err < tol, f"{group} / {name}: relative error {err:.2e} against torch"
+        r = {"group": group, "name": name, **_bench(fn)}
+        if baseline is not None:
+            base = next(x for x in rows if x["group"] == group and x["name"] == baseline)
+            r["baseline"] = baseline
+            r["ratio"] = base["median_ms"] / r["median_ms"]
+        rows.append(r)
+        print(f"{group:34s} {name:58s} {r['median_ms'] * 1e3:9.1f} us  [{r['p20_ms'] * 1e3:.1f}, "
+              f"{r['p80_ms'] * 1e3:.1f}]" + (f"  x{r['ratio']:.2f} vs {baseline}" if baseline else ""), flush=True)
+
+    for dname in dtypes:
+        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[dname]
+        for tokens, tag in ((T, f"{B}x{T}"), (1, f"{B}x1 decode")):
+            z, W_O, gate, up, W_down, pos, last = _inputs(dtype, tokens)
+            scale = torch.ones(N_HEADS)
+            scale[HEADS] = 0
+            mean = z.view(B, tokens, N_HEADS, D_HEAD).float().mean((0, 1))
+            nscale = torch.ones(D_MLP)
+            nscale[NEURONS] = 0
+            g = f"o_proj {dname} {tag}"
+            H = N_HEADS
+            add(g, "plain F.linear (no ablation; floor)", lambda: F.linear(z, W_O))
+            add(g, "kernel, no ablation", lambda: head_masked_o_proj_triton(z, W_O, n_heads=H),
+                "plain F.linear (no ablation; floor)",
+                check=lambda: (head_masked_o_proj_triton(z, W_O, n_heads=H).out, F.linear(z, W_O)))
+            add(g, "hand edit: zero 3 heads + F.linear", lambda: oproj_hand_edit(z, W_O, HEADS))
+            add(g, "kernel: zero 3 heads", lambda: head_masked_o_proj_triton(z, W_O, n_heads=H, scale=scale),
+                "hand edit: zero 3 heads + F.linear",
+                check=lambda: (head_masked_o_proj_triton(z, W_O, n_heads=H, scale=scale).out,
+                               oproj_hand_edit(z, W_O, HEADS)[0]))
+            add(g, "hand edit: mean 3 heads + F.linear", lambda: oproj_hand_edit(z, W_O, HEADS, mean=mean))
+            add(g, "kernel: mean 3 heads", lambda: head_masked_o_proj_triton(z, W_O, n_heads=H, scale=scale, fill=mean),
+                "hand edit: mean 3 heads + F.linear",
+                check=lambda: (head_masked_o_proj_triton(z, W_O, n_heads=H, scale=scale, fill=mean).out,
+                               oproj_hand_edit(z, W_O, HEADS, mean=mean)[0]))
+            add(g, "hand edit: zero 3 heads at last pos + F.linear", lambda: oproj_hand_edit(z, W_O, HEADS, where=last))
+            add(g, "kernel: zero 3 heads at last pos", lambda: head_masked_o_proj_triton(
+                z, W_O, n_heads=H, scale=scale, where=last), "hand edit: zero 3 heads at last pos + F.linear",
+                check=lambda: (head_masked_o_proj_triton(z, W_O, n_heads=H, scale=scale, where=last).out,
+                               oproj_hand_edit(z, W_O, HEADS, where=last)[0]))
+            add(g, "hand edit + hook_result einsum at 2 pos/seq", lambda: oproj_hand_edit_result(z, W_O, HEADS, pos))
+            add(g, "kernel: zero 3 heads + hook_result at 2 pos/seq", lambda: head_masked_o_proj_triton(
+                z, W_O, n_heads=H, scale=scale, result_positions=pos), "hand edit + hook_result einsum at 2 pos/seq",
+                check=lambda: (head_masked_o_proj_triton(z, W_O, n_heads=H, scale=scale, result_positions=pos).result,
+                               oproj_hand_edit_result(z, W_O, HEADS, pos)[1]))
+            add(g, "torch reference (head_masked_o_proj_ref), same job", lambda: head_masked_o_proj_ref(
+                z, W_O, n_heads=H, scale=scale, result_positions=pos))
+
+            g = f"glu {dname} {tag}"
+            add(g, "HF F.silu(gate) * up (no edit; floor)", lambda: F.silu(gate) * up)
+            add(g, "kernel, no edit", lambda: masked_glu_triton(gate, up), "HF F.silu(gate) * up (no edit; floor)",
+                check=lambda: (masked_glu_triton(gate, up).act, F.silu(gate) * up))
+            add(g, "hand edit: 16 neurons at last pos", lambda: glu_hand_edit(gate, up, NEURONS, where=last))
+            add(g, "kernel: 16 neurons at last pos", lambda: masked_glu_triton(gate, up, scale=nscale, where=last),
+                "hand edit: 16 neurons at last pos",
+                check=lambda: (masked_glu_triton(gate, up, scale=nscale, where=last).act,
+                               glu_hand_edit(gate, up, NEURONS, where=last)[0]))
+            add(g, "hand edit + capture 16 neurons at 2 pos/seq", lambda: glu_hand_edit(
+                gate, up, NEURONS, where=last, pos=pos, cap_idx=NEURONS))
+            add(g, "kernel: edit + capture 16 neurons at 2 pos/seq", lambda: masked_glu_triton(
+                gate, up, scale=nscale, where=last, capture_positions=pos, capture_neurons=NEURONS),
+                "hand edit + capture 16 neurons at 2 pos/seq")
+            add(g, "torch reference (masked_glu_ref), same job", lambda: masked_glu_ref(
+                gate, up, scale=nscale, where=last, capture_positions=pos, capture_neurons=NEURONS))
+            act = F.silu(gate) * up
+            add(g, "down_proj F.linear alone (cuBLAS)", lambda: F.linear(act, W_down))
+            add(g, "MLP tail unfused: hand edit + down_proj", lambda: F.linear(
+                glu_hand_edit(gate, up, NEURONS, where=last)[0], W_down))
+            add(g, "MLP tail: kernel + down_proj", lambda: F.linear(
+                masked_glu_triton(gate, up, scale=nscale, where=last).act, W_down),
+                "MLP tail unfused: hand edit + down_proj")
+            del z, W_O, gate, up, W_down, act
+            torch.cuda.empty_cache()
+    return rows
+
+
+def environment():
+    import triton
+
+    return {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
+            "shapes": {"batch": B, "tokens": T, "d_model": D_MODEL, "n_heads": N_HEADS, "d_head": D_HEAD,
+                       "d_mlp": D_MLP}}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--dtype", nargs="+", default=["fp16", "bf16"], choices=["fp16", "bf16"])
+    ap.add_argument("--json", help="write the rows and the environment to this file")
+    args = ap.parse_args(argv)
+    why = _cuda_ready()
+    if why:
+        print(f"bench_kernels: skipped ({why}); nothing measured.")
+        return 0
+    env = environment()
+    print(json.dumps(env))
+    rows = run(tuple(args.dtype))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"environment": env, "rows": rows}, f, indent=1)
+    return 0
+
+
+def test_kernels_do_bench(benchmark):
+    """pytest entry (`--benchmark-only`): runs the whole table once on the GPU."""
+    import pytest
+
+    why = _cuda_ready()
+    if why:
+        pytest.skip(why)
+    rows = benchmark.pedantic(run, rounds=1, iterations=1)
+    benchmark.extra_info["environment"] = environment()
+    benchmark.extra_info["rows"] = rows
+
+
+if __name__ == "__main__":
+    sys.exit(main())
