@@ -5,8 +5,11 @@ Qwen2.5-3B shapes (d_model 2048, 16 heads x 128, d_mlp 11008), batch 8 x 256 tok
 
     python benchmarks/bench_kernels.py [--dtype fp16 bf16] [--json out.json]
     pytest benchmarks/bench_kernels.py --benchmark-only -s
+    TRITON_INTERPRET=1 python benchmarks/bench_kernels.py --smoke   # CPU plumbing check
 
-Needs CUDA and Triton; without them it says so and exits 0 (pytest: skipped).
+Needs CUDA and Triton; without them it says so and exits 0 (pytest: skipped). `--smoke`
+runs every row once on CPU in the Triton interpreter at tiny shapes, times nothing, and
+only checks that the rows and their correctness checks work before GPU time is spent.
 
 The baselines are what the hooked runtime does today without the ops, and the torch
 references the tests use (`*_ref`), so the two never drift:
@@ -35,6 +38,14 @@ D_MODEL, N_HEADS, D_HEAD, D_MLP = 2048, 16, 128, 11008
 HEADS = [3, 7, 11]  # ablated heads
 NEURONS = list(range(100, 11008, 688))  # 16 neurons
 N_POS = 2  # positions per sequence for hook_result / capture
+DEVICE = "cuda"
+SMOKE = False  # --smoke: CPU, tiny shapes, one call per row, no timing
+
+
+def _smoke_setup():
+    global B, T, D_MODEL, N_HEADS, D_HEAD, D_MLP, HEADS, NEURONS, DEVICE, SMOKE
+    B, T, D_MODEL, N_HEADS, D_HEAD, D_MLP = 2, 9, 48, 4, 16, 96
+    HEADS, NEURONS, DEVICE, SMOKE = [1, 3], [2, 50, 95], "cpu", True
 
 
 def _cuda_ready() -> str | None:
@@ -52,6 +63,9 @@ def _rel(x, ref):
 
 
 def _bench(fn):
+    if SMOKE:
+        fn()
+        return {"median_ms": float("nan"), "p20_ms": float("nan"), "p80_ms": float("nan")}
     from triton.testing import do_bench
 
     med, lo, hi = do_bench(fn, warmup=50, rep=300, quantiles=[0.5, 0.2, 0.8])
@@ -59,15 +73,16 @@ def _bench(fn):
 
 
 def _inputs(dtype, M_tokens):
-    g = torch.Generator(device="cuda").manual_seed(0)
-    z = torch.randn(B, M_tokens, N_HEADS * D_HEAD, device="cuda", generator=g).to(dtype)
-    W_O = (torch.randn(D_MODEL, N_HEADS * D_HEAD, device="cuda", generator=g) / 45).to(dtype)
-    gate = torch.randn(B, M_tokens, D_MLP, device="cuda", generator=g).to(dtype)
-    up = torch.randn(B, M_tokens, D_MLP, device="cuda", generator=g).to(dtype)
-    W_down = (torch.randn(D_MODEL, D_MLP, device="cuda", generator=g) / 105).to(dtype)
-    pos = torch.stack([torch.full((B,), M_tokens - 1, device="cuda"),
-                       torch.randint(0, M_tokens, (B,), device="cuda", generator=g)], 1)[:, :N_POS].long()
-    last = torch.zeros(B, M_tokens, dtype=torch.bool, device="cuda")
+    dev = DEVICE
+    g = torch.Generator(device=dev).manual_seed(0)
+    z = torch.randn(B, M_tokens, N_HEADS * D_HEAD, device=dev, generator=g).to(dtype)
+    W_O = (torch.randn(D_MODEL, N_HEADS * D_HEAD, device=dev, generator=g) / (N_HEADS * D_HEAD) ** 0.5).to(dtype)
+    gate = torch.randn(B, M_tokens, D_MLP, device=dev, generator=g).to(dtype)
+    up = torch.randn(B, M_tokens, D_MLP, device=dev, generator=g).to(dtype)
+    W_down = (torch.randn(D_MODEL, D_MLP, device=dev, generator=g) / D_MLP ** 0.5).to(dtype)
+    pos = torch.stack([torch.full((B,), M_tokens - 1, device=dev),
+                       torch.randint(0, M_tokens, (B,), device=dev, generator=g)], 1)[:, :N_POS].long()
+    last = torch.zeros(B, M_tokens, dtype=torch.bool, device=dev)
     last[:, -1] = True
     return z, W_O, gate, up, W_down, pos, last
 
@@ -119,9 +134,18 @@ def run(dtypes=("fp16", "bf16")):
             r["baseline"] = baseline
             r["ratio"] = base["median_ms"] / r["median_ms"]
         rows.append(r)
-        print(f"{group:34s} {name:58s} {r['median_ms'] * 1e3:9.1f} us  [{r['p20_ms'] * 1e3:.1f}, "
+        if SMOKE:
+            print(f"{group:28s} {name:50s} ran" + (" (checked)" if check else ""), flush=True)
+            return
+        print(f"{group:28s} {name:50s} {r['median_ms'] * 1e3:9.1f} us  [{r['p20_ms'] * 1e3:.1f}, "
               f"{r['p80_ms'] * 1e3:.1f}]" + (f"  x{r['ratio']:.2f} vs {baseline}" if baseline else ""), flush=True)
 
+    def pair(group, base_name, base_fn, name, fn, pick=lambda r: r):
+        """Time the torch baseline, then the kernel (checked against the baseline first)."""
+        add(group, base_name, base_fn)
+        add(group, name, fn, base_name, check=lambda: (pick(fn()), pick(base_fn())))
+
+    nh, nn_, npos = len(HEADS), len(NEURONS), N_POS
     for dname in dtypes:
         dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[dname]
         for tokens, tag in ((T, f"{B}x{T}"), (1, f"{B}x1 decode")):
@@ -131,60 +155,50 @@ def run(dtypes=("fp16", "bf16")):
             mean = z.view(B, tokens, N_HEADS, D_HEAD).float().mean((0, 1))
             nscale = torch.ones(D_MLP)
             nscale[NEURONS] = 0
+
+            def ko(**kw):  # the o_proj kernel
+                return head_masked_o_proj_triton(z, W_O, n_heads=N_HEADS, **kw)
+
+            def kg(**kw):  # the GLU kernel
+                return masked_glu_triton(gate, up, **kw)
+
+            out, res, act_, cap = (lambda r: r[0]), (lambda r: r[1]), (lambda r: r[0]), (lambda r: r[1])
             g = f"o_proj {dname} {tag}"
-            H = N_HEADS
-            add(g, "plain F.linear (no ablation; floor)", lambda: F.linear(z, W_O))
-            add(g, "kernel, no ablation", lambda: head_masked_o_proj_triton(z, W_O, n_heads=H),
-                "plain F.linear (no ablation; floor)",
-                check=lambda: (head_masked_o_proj_triton(z, W_O, n_heads=H).out, F.linear(z, W_O)))
-            add(g, "hand edit: zero 3 heads + F.linear", lambda: oproj_hand_edit(z, W_O, HEADS))
-            add(g, "kernel: zero 3 heads", lambda: head_masked_o_proj_triton(z, W_O, n_heads=H, scale=scale),
-                "hand edit: zero 3 heads + F.linear",
-                check=lambda: (head_masked_o_proj_triton(z, W_O, n_heads=H, scale=scale).out,
-                               oproj_hand_edit(z, W_O, HEADS)[0]))
-            add(g, "hand edit: mean 3 heads + F.linear", lambda: oproj_hand_edit(z, W_O, HEADS, mean=mean))
-            add(g, "kernel: mean 3 heads", lambda: head_masked_o_proj_triton(z, W_O, n_heads=H, scale=scale, fill=mean),
-                "hand edit: mean 3 heads + F.linear",
-                check=lambda: (head_masked_o_proj_triton(z, W_O, n_heads=H, scale=scale, fill=mean).out,
-                               oproj_hand_edit(z, W_O, HEADS, mean=mean)[0]))
-            add(g, "hand edit: zero 3 heads at last pos + F.linear", lambda: oproj_hand_edit(z, W_O, HEADS, where=last))
-            add(g, "kernel: zero 3 heads at last pos", lambda: head_masked_o_proj_triton(
-                z, W_O, n_heads=H, scale=scale, where=last), "hand edit: zero 3 heads at last pos + F.linear",
-                check=lambda: (head_masked_o_proj_triton(z, W_O, n_heads=H, scale=scale, where=last).out,
-                               oproj_hand_edit(z, W_O, HEADS, where=last)[0]))
-            add(g, "hand edit + hook_result einsum at 2 pos/seq", lambda: oproj_hand_edit_result(z, W_O, HEADS, pos))
-            add(g, "kernel: zero 3 heads + hook_result at 2 pos/seq", lambda: head_masked_o_proj_triton(
-                z, W_O, n_heads=H, scale=scale, result_positions=pos), "hand edit + hook_result einsum at 2 pos/seq",
-                check=lambda: (head_masked_o_proj_triton(z, W_O, n_heads=H, scale=scale, result_positions=pos).result,
-                               oproj_hand_edit_result(z, W_O, HEADS, pos)[1]))
-            add(g, "torch reference (head_masked_o_proj_ref), same job", lambda: head_masked_o_proj_ref(
-                z, W_O, n_heads=H, scale=scale, result_positions=pos))
+            pair(g, "plain F.linear (no ablation; floor)", lambda: (F.linear(z, W_O),),
+                 "kernel, no ablation", lambda: ko(), out)
+            pair(g, f"hand edit: zero {nh} heads + F.linear", lambda: oproj_hand_edit(z, W_O, HEADS),
+                 f"kernel: zero {nh} heads", lambda: ko(scale=scale), out)
+            pair(g, f"hand edit: mean {nh} heads + F.linear", lambda: oproj_hand_edit(z, W_O, HEADS, mean=mean),
+                 f"kernel: mean {nh} heads", lambda: ko(scale=scale, fill=mean), out)
+            pair(g, f"hand edit: zero {nh} heads at last pos + F.linear",
+                 lambda: oproj_hand_edit(z, W_O, HEADS, where=last),
+                 f"kernel: zero {nh} heads at last pos", lambda: ko(scale=scale, where=last), out)
+            pair(g, f"hand edit + hook_result einsum at {npos} pos/seq",
+                 lambda: oproj_hand_edit_result(z, W_O, HEADS, pos),
+                 f"kernel: zero {nh} heads + hook_result at {npos} pos/seq",
+                 lambda: ko(scale=scale, result_positions=pos), res)
+            add(g, "torch reference (head_masked_o_proj_ref), same job",
+                lambda: head_masked_o_proj_ref(z, W_O, n_heads=N_HEADS, scale=scale, result_positions=pos))
 
             g = f"glu {dname} {tag}"
-            add(g, "HF F.silu(gate) * up (no edit; floor)", lambda: F.silu(gate) * up)
-            add(g, "kernel, no edit", lambda: masked_glu_triton(gate, up), "HF F.silu(gate) * up (no edit; floor)",
-                check=lambda: (masked_glu_triton(gate, up).act, F.silu(gate) * up))
-            add(g, "hand edit: 16 neurons at last pos", lambda: glu_hand_edit(gate, up, NEURONS, where=last))
-            add(g, "kernel: 16 neurons at last pos", lambda: masked_glu_triton(gate, up, scale=nscale, where=last),
-                "hand edit: 16 neurons at last pos",
-                check=lambda: (masked_glu_triton(gate, up, scale=nscale, where=last).act,
-                               glu_hand_edit(gate, up, NEURONS, where=last)[0]))
-            add(g, "hand edit + capture 16 neurons at 2 pos/seq", lambda: glu_hand_edit(
-                gate, up, NEURONS, where=last, pos=pos, cap_idx=NEURONS))
-            add(g, "kernel: edit + capture 16 neurons at 2 pos/seq", lambda: masked_glu_triton(
-                gate, up, scale=nscale, where=last, capture_positions=pos, capture_neurons=NEURONS),
-                "hand edit + capture 16 neurons at 2 pos/seq")
+            pair(g, "HF F.silu(gate) * up (no edit; floor)", lambda: (F.silu(gate) * up,),
+                 "kernel, no edit", lambda: kg(), act_)
+            pair(g, f"hand edit: {nn_} neurons at last pos", lambda: glu_hand_edit(gate, up, NEURONS, where=last),
+                 f"kernel: {nn_} neurons at last pos", lambda: kg(scale=nscale, where=last), act_)
+            pair(g, f"hand edit + capture {nn_} neurons at {npos} pos/seq",
+                 lambda: glu_hand_edit(gate, up, NEURONS, where=last, pos=pos, cap_idx=NEURONS),
+                 f"kernel: edit + capture {nn_} neurons at {npos} pos/seq",
+                 lambda: kg(scale=nscale, where=last, capture_positions=pos, capture_neurons=NEURONS), cap)
             add(g, "torch reference (masked_glu_ref), same job", lambda: masked_glu_ref(
                 gate, up, scale=nscale, where=last, capture_positions=pos, capture_neurons=NEURONS))
             act = F.silu(gate) * up
             add(g, "down_proj F.linear alone (cuBLAS)", lambda: F.linear(act, W_down))
-            add(g, "MLP tail unfused: hand edit + down_proj", lambda: F.linear(
-                glu_hand_edit(gate, up, NEURONS, where=last)[0], W_down))
-            add(g, "MLP tail: kernel + down_proj", lambda: F.linear(
-                masked_glu_triton(gate, up, scale=nscale, where=last).act, W_down),
-                "MLP tail unfused: hand edit + down_proj")
+            pair(g, "MLP tail unfused: hand edit + down_proj",
+                 lambda: (F.linear(glu_hand_edit(gate, up, NEURONS, where=last)[0], W_down),),
+                 "MLP tail: kernel + down_proj", lambda: (F.linear(kg(scale=nscale, where=last).act, W_down),), out)
             del z, W_O, gate, up, W_down, act
-            torch.cuda.empty_cache()
+            if DEVICE == "cuda":
+                torch.cuda.empty_cache()
     return rows
 
 
@@ -200,7 +214,18 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--dtype", nargs="+", default=["fp16", "bf16"], choices=["fp16", "bf16"])
     ap.add_argument("--json", help="write the rows and the environment to this file")
+    ap.add_argument("--smoke", action="store_true", help="CPU plumbing check in the Triton interpreter (no timing)")
     args = ap.parse_args(argv)
+    if args.smoke:
+        import os
+
+        if os.environ.get("TRITON_INTERPRET", "0") in ("0", ""):
+            print("bench_kernels --smoke: run with TRITON_INTERPRET=1")
+            return 2
+        _smoke_setup()
+        run(tuple(args.dtype))
+        print("bench_kernels --smoke: every row ran and passed its check (nothing timed)")
+        return 0
     why = _cuda_ready()
     if why:
         print(f"bench_kernels: skipped ({why}); nothing measured.")

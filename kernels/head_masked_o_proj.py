@@ -13,12 +13,17 @@ exactly 1 or 0, z' is exactly z or fill, so the result equals editing hook_z by 
 
 One Triton launch does everything: the grid holds the o_proj tiles (a grouped GEMM over
 the concatenated heads) followed by the capture tiles (gathered rows x d_model tiles x
-heads), which re-read only the selected rows of z. Ablation is free on the GEMM:
+heads), which re-read only the selected rows of z. The ablation is built to add nothing
+to the GEMM:
 - a per-head 0/1 mask (every position) makes the K loop walk only the kept heads (fewer
-  FLOPs than the plain matmul); dropped heads with a fill add a constant row vector
+  FLOPs than the plain matmul; the kept-head list sits in registers so the loop is
+  software-pipelined exactly like the plain GEMM, checked by tests/kernels/
+  test_gpu_compile.py); dropped heads with a fill add a constant row vector
   sum_h fill_h @ W_O[h] in the epilogue, like a bias;
 - a per-position or fractional scale is applied to the z tile in registers before the
   dot (one multiply per loaded element).
+How close the GEMM itself comes to cuBLAS is for benchmarks/bench_kernels.py to measure
+on a GPU (autotuned tiles per power-of-two bucket of rows).
 
 `head_masked_o_proj_ref` is the torch reference: it edits z exactly as a hand edit of
 hook_z would and then calls F.linear, so on CPU it gives the plain model's numbers.
@@ -222,6 +227,7 @@ def _gpu_configs():
     cfgs = [
         (128, 256, 8, 3), (256, 128, 8, 3), (128, 128, 8, 3), (128, 128, 4, 4), (128, 64, 4, 4),
         (64, 128, 4, 4), (64, 64, 4, 4), (32, 64, 4, 4), (16, 64, 4, 4), (16, 128, 4, 3),
+        (16, 32, 2, 4),  # decoding (a few rows): more programs over d_model
     ]
     return [triton.Config({"BLOCK_M": m, "BLOCK_N": n, "GROUP_M": 8}, num_warps=w, num_stages=s)
             for m, n, w, s in cfgs]
@@ -458,7 +464,8 @@ def head_masked_o_proj_triton(z, weight, bias=None, *, n_heads=None, scale=None,
 
     args = (z2, W, out, s_t, fill_t, heads_t, bias_t, const_t, pos_t, res_t,
             M, N, P, KP, R, n_active, z2.stride(0), W.stride(0), W.stride(1), stride_sm, m_bucket)
-    kw = dict(H=H, HP=max(2, 1 << (H - 1).bit_length()), DH=dh, MODE=mode, HAS_FILL=a.fill is not None, HAS_BIAS=a.bias is not None,
+    kw = dict(H=H, HP=max(2, 1 << (H - 1).bit_length()), DH=dh, MODE=mode, HAS_FILL=a.fill is not None,
+              HAS_BIAS=a.bias is not None,
               HAS_CONST=const is not None, ALL_HEADS=all_heads, CAPTURE=capture,
               CAP_EDIT=a.scale is not None, UPCAST=upcast, PREC=prec, BLOCK_K=block_k, BLOCK_R=block_r)
 
