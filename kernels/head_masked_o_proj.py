@@ -35,6 +35,7 @@ wrong) and one fixed config replaces autotuning (which needs a GPU driver).
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import NamedTuple
@@ -64,16 +65,49 @@ class _Args:
     N: int
     squeeze: bool  # input was 2-D [pos, H*dh]
     scale: torch.Tensor | None  # float32, [H] or [B, P, H]
+    scale_host: torch.Tensor | None  # the same on the CPU when the caller gave it there
     where: torch.Tensor | None  # bool [B, P] (only with a per-head scale)
     fill: torch.Tensor | None  # float32 [H, dh]
     positions: torch.Tensor | None  # long [B, K]
 
 
-def _as_f32(x, device, what):
+_ON_DEVICE: OrderedDict = OrderedDict()  # small host parameters' device copies, by value
+
+
+def _cached(key, make):
+    t = _ON_DEVICE.get(key)
+    if t is None:
+        t = _ON_DEVICE[key] = make()
+        if len(_ON_DEVICE) > 256:
+            _ON_DEVICE.popitem(last=False)
+    else:
+        _ON_DEVICE.move_to_end(key)
+    return t
+
+
+def _param(x, dev, what):
+    """(float32 tensor on `dev`, its host copy or None). Host values (numbers, lists, CPU
+    tensors) are checked on the host and their device copies cached by value, so calling
+    again with the same scale/fill costs no transfer and no device sync; CUDA tensors are
+    checked on the device (one sync)."""
+    if isinstance(x, torch.Tensor) and x.device.type != "cpu":
+        t = x.to(device=dev, dtype=torch.float32)
+        if not bool(torch.isfinite(t).all()):
+            raise VerilensError(f"head_masked_o_proj: {what} contains NaN or inf")
+        return t, None
     try:
-        return torch.as_tensor(x, dtype=torch.float32, device=device)
+        host = torch.as_tensor(x, dtype=torch.float32).contiguous()
     except (TypeError, ValueError, RuntimeError) as e:
         raise VerilensError(f"head_masked_o_proj: {what} must be numbers, got {type(x).__name__}") from e
+    if not bool(torch.isfinite(host).all()):
+        raise VerilensError(f"head_masked_o_proj: {what} contains NaN or inf")
+    if dev.type == "cpu":
+        return host, host
+    return _cached((str(dev), "f32", tuple(host.shape), host.numpy().tobytes()), lambda: host.to(dev)), host
+
+
+def _index_on(dev, idx):
+    return _cached((str(dev), "i32", tuple(idx)), lambda: torch.tensor(list(idx), dtype=torch.int32, device=dev))
 
 
 def _check(z, weight, bias, n_heads, scale, fill, where, result_positions) -> _Args:
@@ -112,9 +146,9 @@ def _check(z, weight, bias, n_heads, scale, fill, where, result_positions) -> _A
         raise VerilensError(f"head_masked_o_proj: bias must be [{N}], got shape {tuple(bias.shape)}")
     dev = z.device
 
-    s = None
+    s = s_host = None
     if scale is not None:
-        s = _as_f32(scale, dev, "scale")
+        s, s_host = _param(scale, dev, "scale")
         if s.dim() == 1:
             if s.shape[0] != H:
                 raise VerilensError(f"head_masked_o_proj: a per-head scale needs {H} values, got {s.shape[0]}")
@@ -141,17 +175,13 @@ def _check(z, weight, bias, n_heads, scale, fill, where, result_positions) -> _A
     if fill is not None:
         if s is None:
             raise VerilensError("head_masked_o_proj: `fill` needs a scale (which heads to replace)")
-        fl = _as_f32(fill, dev, "fill")
+        fl, _ = _param(fill, dev, "fill")
         if fl.dim() == 0:
             fl = fl.expand(H, dh)
         if tuple(fl.shape) not in ((H, dh), (H * dh,)):
             raise VerilensError(f"head_masked_o_proj: fill must be a float or [n_heads, d_head] = [{H}, {dh}], "
                                 f"got shape {tuple(fl.shape)}")
         fl = fl.reshape(H, dh).contiguous()
-        if not bool(torch.isfinite(fl).all()):
-            raise VerilensError("head_masked_o_proj: fill contains NaN or inf")
-    if s is not None and not bool(torch.isfinite(s).all()):
-        raise VerilensError("head_masked_o_proj: scale contains NaN or inf")
 
     pos = None
     if result_positions is not None:
@@ -171,7 +201,7 @@ def _check(z, weight, bias, n_heads, scale, fill, where, result_positions) -> _A
             if pos.numel() and (int(pos.min()) < 0 or int(pos.max()) >= P):
                 raise VerilensError(f"head_masked_o_proj: result_positions must lie in 0..{P - 1}, "
                                     f"got {int(pos.min())}..{int(pos.max())}")
-    return _Args(z, weight, bias, B, P, H, dh, N, squeeze, s, where, fl, pos)
+    return _Args(z, weight, bias, B, P, H, dh, N, squeeze, s, s_host, where, fl, pos)
 
 
 # ----------------------------------------------------------------------------------
@@ -420,16 +450,19 @@ def head_masked_o_proj_triton(z, weight, bias=None, *, n_heads=None, scale=None,
         scale_ = torch.where(a.where[..., None], a.scale, torch.ones((), dtype=torch.float32, device=dev))
     if scale_ is not None and scale_.dim() == 1:
         s_t = scale_.contiguous()
-        s_host = scale_.cpu()  # [H] numbers: a sync only if the caller kept them on the GPU
+        # the path depends on the [H] values: read on the host (a device sync only if the
+        # caller passed them as a CUDA tensor)
+        s_host = a.scale_host if a.scale_host is not None else scale_.cpu()
         if bool(((s_host == 0) | (s_host == 1)).all()):
-            keep = [h for h in range(H) if s_host[h] == 1]
-            drop = [h for h in range(H) if s_host[h] == 0]
+            keep = tuple(h for h in range(H) if s_host[h] == 1)
+            drop = tuple(h for h in range(H) if s_host[h] == 0)
             if drop:  # the K loop walks the kept heads only
                 all_heads, n_active = False, len(keep)
-                heads_t = torch.tensor(keep or [0], dtype=torch.int32, device=dev)
+                heads_t = _index_on(dev, keep or (0,))
                 if a.fill is not None:  # dropped heads contribute fill_h @ W_O[h]: a constant row
-                    fd = a.fill[drop].to(dtype).float()  # as a hand edit would store it in z
-                    Wd = W.view(N, H, dh)[:, drop].float()
+                    d_t = _index_on(dev, drop)
+                    fd = a.fill.index_select(0, d_t).to(dtype).float()  # as a hand edit would store it in z
+                    Wd = W.view(N, H, dh).index_select(1, d_t).float()
                     const = torch.einsum("hd,nhd->n", fd, Wd).contiguous()
         else:
             mode = 1
@@ -476,7 +509,9 @@ def head_masked_o_proj_triton(z, weight, bias=None, *, n_heads=None, scale=None,
 
     if config is None and (interp or not torch.cuda.is_available()):
         config = INTERPRETER_CONFIG
-    if config is not None:
+    if M == 0:
+        pass
+    elif config is not None:
         cfg = dict(config)
         extra = {k: cfg.pop(k) for k in ("num_warps", "num_stages") if k in cfg}
         if interp:

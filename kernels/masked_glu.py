@@ -27,6 +27,7 @@ replaces autotuning (which needs a GPU driver).
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 from functools import lru_cache
 from typing import NamedTuple
 
@@ -56,11 +57,39 @@ class _Args(NamedTuple):
     capture: bool
 
 
+_ON_DEVICE: OrderedDict = OrderedDict()  # small host parameters' device copies, by value
+
+
 def _f32(x, dev, what):
+    """float32 on `dev`. Host values (numbers, lists, CPU tensors) are checked on the host
+    and their device copies cached by value, so calling again with the same scale/fill
+    costs no transfer and no device sync; CUDA tensors are checked on the device."""
+    if isinstance(x, torch.Tensor) and x.device.type != "cpu":
+        t = x.to(device=dev, dtype=torch.float32)
+        if not bool(torch.isfinite(t).all()):
+            raise VerilensError(f"masked_glu: {what} contains NaN or inf")
+        return t
     try:
-        return torch.as_tensor(x, dtype=torch.float32, device=dev)
+        host = torch.as_tensor(x, dtype=torch.float32).contiguous()
     except (TypeError, ValueError, RuntimeError) as e:
         raise VerilensError(f"masked_glu: {what} must be numbers, got {type(x).__name__}") from e
+    if not bool(torch.isfinite(host).all()):
+        raise VerilensError(f"masked_glu: {what} contains NaN or inf")
+    return _on_device(host, dev)
+
+
+def _on_device(host: torch.Tensor, dev) -> torch.Tensor:
+    if dev.type == "cpu":
+        return host
+    key = (str(dev), host.dtype, tuple(host.shape), host.numpy().tobytes())
+    t = _ON_DEVICE.get(key)
+    if t is None:
+        t = _ON_DEVICE[key] = host.to(dev)
+        if len(_ON_DEVICE) > 64:
+            _ON_DEVICE.popitem(last=False)
+    else:
+        _ON_DEVICE.move_to_end(key)
+    return t
 
 
 def _check(gate, up, scale, fill, where, capture_positions, capture_neurons) -> _Args:
@@ -83,8 +112,6 @@ def _check(gate, up, scale, fill, where, capture_positions, capture_neurons) -> 
         s = _f32(scale, dev, "scale")
         if s.dim() != 1 or s.shape[0] != Fd:
             raise VerilensError(f"masked_glu: scale must be [d_mlp] = [{Fd}], got shape {tuple(s.shape)}")
-        if not bool(torch.isfinite(s).all()):
-            raise VerilensError("masked_glu: scale contains NaN or inf")
     fl = None
     if fill is not None:
         if s is None:
@@ -94,8 +121,6 @@ def _check(gate, up, scale, fill, where, capture_positions, capture_neurons) -> 
             fl = fl.expand(Fd)
         if fl.dim() != 1 or fl.shape[0] != Fd:
             raise VerilensError(f"masked_glu: fill must be a float or [d_mlp] = [{Fd}], got shape {tuple(fl.shape)}")
-        if not bool(torch.isfinite(fl).all()):
-            raise VerilensError("masked_glu: fill contains NaN or inf")
         fl = fl.contiguous()
     w = None
     if where is not None:
@@ -126,8 +151,12 @@ def _check(gate, up, scale, fill, where, capture_positions, capture_neurons) -> 
     idx = None
     if capture_neurons is not None and not (isinstance(capture_neurons, str) and capture_neurons == "all"):
         if isinstance(capture_neurons, str):
-            raise VerilensError(f"masked_glu: capture_neurons must be 'all' or a list of indices, got {capture_neurons!r}")
-        idx = torch.as_tensor(capture_neurons, device=dev)
+            raise VerilensError(f"masked_glu: capture_neurons must be 'all' or a list of indices, "
+                                f"got {capture_neurons!r}")
+        on_host = not (isinstance(capture_neurons, torch.Tensor) and capture_neurons.device.type != "cpu")
+        idx = torch.as_tensor(capture_neurons)
+        if idx.numel() == 0:  # [] is float to torch
+            idx = idx.long()
         if idx.dim() != 1 or idx.dtype.is_floating_point:
             raise VerilensError(f"masked_glu: capture_neurons must be a 1-D list of neuron indices, "
                                 f"got {idx.dtype} {tuple(idx.shape)}")
@@ -135,6 +164,7 @@ def _check(gate, up, scale, fill, where, capture_positions, capture_neurons) -> 
         if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= Fd):
             raise VerilensError(f"masked_glu: capture_neurons must lie in 0..{Fd - 1}, "
                                 f"got {int(idx.min())}..{int(idx.max())}")
+        idx = _on_device(idx.contiguous(), dev) if on_host else idx.to(dev)
     return _Args(gate, up, B, P, Fd, squeeze, s, fl, w, pos, idx, capture)
 
 
