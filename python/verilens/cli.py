@@ -20,15 +20,51 @@ app = typer.Typer(
 
 @app.command()
 def demo(
-    out: Path = typer.Option(Path("verilens-demo"), help="Output folder."),
-    n: int = typer.Option(8, help="Problems to generate traces for."),
+    out: Path = typer.Option(Path("verilens-demo"), help="Output folder (report.html, report.json, figures/)."),
+    n: int = typer.Option(120, help="Problems to generate traces for."),
     seed: int = typer.Option(0, help="Problem seed (test split)."),
-    eval_n: int = typer.Option(50, help="Problems for the eval numbers (use verilens eval for the full 500)."),
+    force: bool = typer.Option(False, help="Overwrite an existing output folder."),
+    resume: bool = typer.Option(False, help="Continue an interrupted run in the output folder."),
 ):
-    """Run countdown-tiny on a few problems: traces, parsed verdicts and eval numbers."""
+    """The whole self-verification analysis on the built-in countdown-tiny, offline (a few minutes)."""
     from .demo import run_demo
 
-    run_demo(out, n=n, seed=seed, eval_n=eval_n)
+    run_demo(out, n=n, seed=seed, force=force, resume=resume)
+
+
+@app.command()
+def analyze(
+    model: str = typer.Option("countdown-tiny", help="countdown-tiny, a model folder or a .gguf file."),
+    out: Path = typer.Option(..., help="Output folder (report.html, report.json, figures/, cache/)."),
+    problems: Optional[Path] = typer.Option(None, help="Problems file (parquet/JSON/JSONL with nums, target); "
+                                                       "default: generated test-split problems."),
+    n: int = typer.Option(200, help="Problems to generate traces for."),
+    seed: int = typer.Option(0, help="Seed (problems, probes, random heads)."),
+    template: str = typer.Option("base", help="Prompt: base, qwen-instruct, or icl (solved examples in context, "
+                                              "for general reasoning models; use with --partial)."),
+    shots: int = typer.Option(3, help="Solved examples in an icl prompt."),
+    max_new_tokens: int = typer.Option(400, help="Length of the generated traces."),
+    batch_size: int = typer.Option(32, help="Batch size for generation and forward passes."),
+    n_contexts: int = typer.Option(300, help="Intervention contexts (correct attempts)."),
+    paper_settings: bool = typer.Option(False, "--paper-settings", help="The authors' exact choices (36-layer model)."),
+    partial: bool = typer.Option(False, help="Score a 'partial' outcome (general reasoning models that self-correct)."),
+    bad_rows: str = typer.Option("skip", help="Bad rows in --problems: skip (report them) or error."),
+    device: Optional[str] = typer.Option(None, help="cpu or cuda (default cpu)."),
+    dtype: Optional[str] = typer.Option(None, help="float32, bfloat16 or float16."),
+    resume: bool = typer.Option(False, help="Continue an interrupted run in --out."),
+    force: bool = typer.Option(False, help="Overwrite --out."),
+):
+    """Find how a model verifies its CountDown attempts: probes, GLU neurons, heads, interventions, report."""
+    from .analysis.pipeline import Settings, analyze as run_analyze
+    from .models import load
+
+    kw = dict(n=n, seed=seed, template=template, shots=shots, max_new_tokens=max_new_tokens, batch_size=batch_size,
+              n_contexts=n_contexts, partial=partial)
+    settings = Settings.paper(**kw) if paper_settings else Settings(**kw)
+    m = load(model, device=device, dtype=dtype)
+    run_analyze(m, out, settings, problems_file=problems, on_bad_row=bad_rows, resume=resume, force=force,
+                progress=sys.stderr.isatty())
+    typer.echo(f"report: {out / 'report.html'} (numbers: {out / 'report.json'})")
 
 
 @app.command()

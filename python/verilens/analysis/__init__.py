@@ -1,11 +1,16 @@
-"""The self-verification analysis (PAPER.md sections 3-6): probes, GLU selection, logit
-lens, previous-token heads, channel scores."""
-from .channel import channel_scores, composition_matrix, ov_diagonals
+"""The self-verification analysis (PAPER.md sections 2-6): traces and verdict sites,
+probes, GLU selection, logit lens, previous-token heads, channel scores, interventions
+with the paper's protocol, probe transfer, and `analyze`, which runs them all into a report."""
+from .channel import channel_scores, composition_matrix, composition_scores, ov_diagonals, paper_scores
 from .glu import select_variant_a, select_variant_b, upper_half, value_vector_cosines
 from .heads import select_heads, target_attention_density
 from .lens import script_of, top_tokens
+from .outcomes import classify, run_condition
+from .pipeline import Settings, analyze
 from .probes import load_probe, save_probe, train_probes
+from .transfer import layer_map, transfer_probe
 
-__all__ = ["channel_scores", "composition_matrix", "load_probe", "ov_diagonals", "save_probe", "script_of",
+__all__ = ["Settings", "analyze", "channel_scores", "classify", "composition_matrix", "composition_scores",
+           "layer_map", "load_probe", "ov_diagonals", "paper_scores", "run_condition", "save_probe", "script_of",
            "select_heads", "select_variant_a", "select_variant_b", "target_attention_density", "top_tokens",
-           "train_probes", "upper_half", "value_vector_cosines"]
+           "train_probes", "transfer_probe", "upper_half", "value_vector_cosines"]

@@ -38,49 +38,74 @@ def _rows(model, pairs, which):
     return torch.stack(out).float()
 
 
+def _kv_weights(model):
+    """W_V per KV head [L, KV, d, dh] (not repeated) and W_O [L, H, dh, d], float32."""
+    return model._stack("W_V").float(), model.W_O.float()
+
+
+def _expand(W_V, n_heads):
+    """Repeat KV heads for the query heads that share them (GQA)."""
+    return W_V.repeat_interleave(n_heads // W_V.shape[1], dim=1) if W_V.shape[1] != n_heads else W_V
+
+
 def ov_diagonals(model) -> torch.Tensor:
     """[n_layers, n_heads, d_model]: diag(W_V^h W_O^h) of every head."""
     return torch.einsum("lhmk,lhkm->lhm", model.W_V.float(), model.W_O.float())
 
 
+def paper_scores(W_V: torch.Tensor, W_O: torch.Tensor, G: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
+    """The paper's channel score from weights: W_V [L, KV, d, dh] (KV heads, repeated to
+    the H query heads here), W_O [L, H, dh, d], gate rows G and up rows U [n, d] of the
+    neurons. Returns [L, H]: mean_i SiLU(g_i . ov_h) * (u_i . ov_h), ov_h = diag(W_V^h W_O^h)."""
+    L, H = W_O.shape[:2]
+    ov = torch.einsum("lhmk,lhkm->lhm", _expand(W_V, H), W_O).flatten(0, 1)  # [L*H, d]
+    s = torch.nn.functional.silu(ov @ G.T.to(ov)) * (ov @ U.T.to(ov))  # [L*H, n]
+    return s.mean(1).view(L, H)
+
+
+def composition_scores(W_V: torch.Tensor, W_O: torch.Tensor, M: torch.Tensor, chunk_heads: int = 64) -> torch.Tensor:
+    """[n, L, H] composition score of every head into every row of M [n, d] (the neurons'
+    up rows), ||m_i (W_V^h W_O^h)^T|| / (||m_i|| ||W_V^h W_O^h||_F), from the factors:
+    with X = m B^T and P = A^T A per KV head (A = W_V^h, B = W_O^h), the numerator is
+    sqrt(X P X^T) and ||AB||_F^2 = sum(P * B B^T). No d x d matrix is formed."""
+    L, H, dh, d = W_O.shape
+    KV = W_V.shape[1]
+    P = (W_V.transpose(-1, -2) @ W_V)  # [L, KV, dh, dh]: once per KV head, shared by its query heads
+    P = P.repeat_interleave(H // KV, dim=1).flatten(0, 1)  # [L*H, dh, dh] (views of KV-head work)
+    B = W_O.flatten(0, 1)  # [L*H, dh, d]
+    M = M.to(B)
+    out = []
+    for s in range(0, B.shape[0], chunk_heads):
+        b, p = B[s:s + chunk_heads], P[s:s + chunk_heads]
+        X = torch.einsum("nm,ckm->cnk", M, b)  # M B^T per head: [c, n, dh]
+        num = ((X @ p) * X).sum(-1).clamp(min=0).sqrt()  # [c, n]
+        fro = (p * (b @ b.transpose(1, 2))).sum((-1, -2)).clamp(min=0).sqrt()  # [c]
+        out.append(num / fro[:, None].clamp(min=1e-30))
+    S = torch.cat(out) / M.norm(dim=1)[None].clamp(min=1e-30)  # [L*H, n]
+    return S.T.reshape(M.shape[0], L, H)
+
+
 def channel_scores(model, neurons, method: str = "paper") -> torch.Tensor:
     """[n_layers, n_heads] scores of every head for the neuron set [(layer, index), ...]."""
     pairs = _neurons(model, neurons)
+    if method not in ("paper", "composition"):
+        raise VerilensError(f"method must be 'paper' or 'composition', got {method!r}")
+    W_V, W_O = _kv_weights(model)
     if method == "paper":
-        ov = ov_diagonals(model).flatten(0, 1)  # [L*H, d]
-        g, u = _rows(model, pairs, "gate").to(ov.device), _rows(model, pairs, "up").to(ov.device)
-        s = torch.nn.functional.silu(ov @ g.T) * (ov @ u.T)  # [L*H, n]
-        return s.mean(1).view(model.cfg.n_layers, model.cfg.n_heads).cpu()
-    if method == "composition":
-        M = _rows(model, pairs, "up")
-        per = composition_matrix(model, neurons)  # [n, L, H] per-neuron scores
-        # head-level: ||M (AB)^T||_F / (||M||_F ||AB||_F) from the per-neuron squared numerators
-        w = M.norm(dim=1) ** 2  # ||m_i||^2
-        num = (per ** 2 * w[:, None, None].to(per)).sum(0)
-        return (num.sqrt() / w.sum().sqrt()).cpu()
-    raise VerilensError(f"method must be 'paper' or 'composition', got {method!r}")
+        return paper_scores(W_V, W_O, _rows(model, pairs, "gate"), _rows(model, pairs, "up")).cpu()
+    M = _rows(model, pairs, "up").to(W_O.device)
+    per = composition_scores(W_V, W_O, M)  # [n, L, H]
+    # head-level: ||M (AB)^T||_F / (||M||_F ||AB||_F) from the per-neuron squared numerators
+    w = M.norm(dim=1) ** 2  # ||m_i||^2
+    num = (per ** 2 * w[:, None, None].to(per)).sum(0)
+    return (num.sqrt() / w.sum().sqrt()).cpu()
 
 
 def composition_matrix(model, neurons, chunk_heads: int = 64) -> torch.Tensor:
-    """[n_neurons, n_layers, n_heads]: composition score of each head into each neuron's
-    up row, ||m_i (W_V^h W_O^h)^T|| / (||m_i|| ||W_V^h W_O^h||_F), from the factors."""
+    """[n_neurons, n_layers, n_heads]: composition score of each head into each neuron's up row."""
     pairs = _neurons(model, neurons)
-    M = _rows(model, pairs, "up")  # [n, d]
-    A = model.W_V.float().flatten(0, 1)  # [LH, d, dh]
-    B = model.W_O.float().flatten(0, 1)  # [LH, dh, d]
-    M = M.to(A.device)
-    out = []
-    for s in range(0, A.shape[0], chunk_heads):
-        a, b = A[s:s + chunk_heads], B[s:s + chunk_heads]
-        ata = a.transpose(1, 2) @ a  # [c, dh, dh]
-        bbt = b @ b.transpose(1, 2)
-        X = torch.einsum("nm,ckm->cnk", M, b)  # M B^T per head: [c, n, dh]
-        num = ((X @ ata) * X).sum(-1).clamp(min=0).sqrt()  # [c, n]
-        fro = (ata * bbt).sum((-1, -2)).clamp(min=0).sqrt()  # [c]
-        out.append(num / fro[:, None].clamp(min=1e-30))
-    S = torch.cat(out)  # [LH, n]
-    S = S / M.norm(dim=1)[None].clamp(min=1e-30)
-    return S.T.reshape(len(pairs), model.cfg.n_layers, model.cfg.n_heads).cpu()
+    W_V, W_O = _kv_weights(model)
+    return composition_scores(W_V, W_O, _rows(model, pairs, "up"), chunk_heads).cpu()
 
 
 def composition_matrix_naive(model, neurons) -> torch.Tensor:

@@ -15,6 +15,7 @@ def upper_half(n_layers: int) -> list[int]:
     return list(range(n_layers // 2, n_layers))
 
 
+@torch.no_grad()
 def value_vector_cosines(model, direction: torch.Tensor, layers=None) -> torch.Tensor:
     """[len(layers), d_mlp] cosine of every value vector with `direction` [d_model]."""
     model._require_glu()

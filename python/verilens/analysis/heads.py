@@ -19,10 +19,14 @@ ATTEMPTS_START = " Let's try different"
 def target_key_positions(model, text: str, target: int) -> list[int]:
     """Token indices (in model.tokenize(text) without padding) of every occurrence of the
     target number before the attempts begin."""
-    cut = text.find(ATTEMPTS_START)
-    head = text if cut < 0 else text[:cut]
+    # the last problem's turn: an in-context prompt (countdown.icl_prompt) holds solved
+    # examples before it, whose numbers must not count
+    cut = text.rfind(ATTEMPTS_START)
+    cut = len(text) if cut < 0 else cut
+    start = max(text.rfind("User:", 0, cut), text.rfind("<|im_start|>user", 0, cut), 0)
+    head = text[:cut]
     enc = model.tokenizer(text, return_offsets_mapping=True, add_special_tokens=True)
-    spans = [(m.start(), m.end()) for m in re.finditer(rf"(?<!\d){int(target)}(?!\d)", head)]
+    spans = [(m.start() + start, m.end() + start) for m in re.finditer(rf"(?<!\d){int(target)}(?!\d)", head[start:])]
     out = []
     for i, (s, e) in enumerate(enc["offset_mapping"]):
         if e > s and any(s < b and e > a for a, b in spans):

@@ -33,20 +33,6 @@ def format_expr(tree) -> str:
     return f"{ls} {op} {rs}"
 
 
-def eval_tree(tree) -> Fraction:
-    if not isinstance(tree, tuple):
-        return Fraction(tree)
-    op, left, right = tree
-    a, b = eval_tree(left), eval_tree(right)
-    if op == "+":
-        return a + b
-    if op == "-":
-        return a - b
-    if op == "*":
-        return a * b
-    return a / b  # caller guarantees b != 0
-
-
 def _search(items, target):
     if len(items) == 1:
         return items[0][1] if items[0][0] == target else None

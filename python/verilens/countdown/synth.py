@@ -14,8 +14,10 @@ from .arith import evaluate_tree, parse
 from .problems import Problem
 from .solver import format_expr, solve
 
-# How many failed attempts come before the correct one (weights for 0, 1, 2, ...).
-ATTEMPT_WEIGHTS = [3, 8, 10, 10, 9, 7, 5, 3, 2]
+# How many failed attempts come before the correct one (weights for 0, 1, 2, 3, 4): most
+# traces have several, and by the fifth attempt the search is over (a small model can
+# count that far; with a longer tail countdown-tiny never learned when to stop).
+ATTEMPT_WEIGHTS = [2, 5, 8, 8, 6]
 # Operators of failed attempts: mostly + and -, as in the published traces.
 OP_WEIGHTS = [0.35, 0.35, 0.15, 0.15]
 
@@ -94,8 +96,9 @@ def _attempt_line(expr: str, segments: list[str], target: int, valid: bool) -> s
 
 
 def _failed_attempt(problem: Problem, rng: random.Random, p_slip: float, p_near: float, p_chain: float):
-    """(line, claimed) of an attempt that does not reach the target (or, rarely, a slip
-    that claims the target: then the verdict says it works, as in published traces)."""
+    """(expression, segments, claimed, slip) of an attempt that does not reach the target,
+    unless it slips (`p_slip`: the claimed value is wrong, see `_slip_claim`); a slip
+    that claims the target gets "(this works)", as in the published traces."""
     target = Fraction(problem.target)
     for _ in range(50):
         cands = [random_tree(problem.nums, rng) for _ in range(8 if rng.random() < p_near else 1)]
@@ -114,21 +117,41 @@ def _failed_attempt(problem: Problem, rng: random.Random, p_slip: float, p_near:
         segments = []
         if rng.random() < p_chain:
             segments = chain_steps(tree)[:-1]
-        claimed = value
-        if rng.random() < p_slip:  # an arithmetic slip; near misses and numbers of the problem
-            r = rng.random()
-            if r < 0.35:
-                claimed = target + rng.choice([-1, 1])
-            elif r < 0.6:
-                claimed = Fraction(rng.choice(problem.nums))
-            elif r < 0.65:
-                claimed = target  # a wrong computation that claims the target
-            else:
-                claimed = value + rng.choice([-10, -5, -2, -1, 1, 2, 5, 10])
-            claimed = Fraction(round(claimed))
+        claimed, slip = value, rng.random() < p_slip
+        if slip:
+            claimed = _slip_claim(problem, value, rng)
         segments = segments + [format_number(claimed)]
-        return expr, segments, claimed
+        return expr, segments, claimed, slip
     return None
+
+
+def _slip_claim(problem: Problem, value: Fraction, rng: random.Random) -> Fraction:
+    """A wrong claimed value, chosen to make the verdict hard to get without comparing
+    every digit with the target: the target itself, values one digit away from it or
+    with its digits swapped, one off, one of the problem's numbers, or a small slip."""
+    t = problem.target
+    r = rng.random()
+    if r < 0.3:
+        return Fraction(t)  # a wrong computation that claims the target
+    if r < 0.55:
+        return Fraction(_digit_neighbour(t, rng))
+    if r < 0.7:
+        return Fraction(t + rng.choice([-1, 1]))
+    if r < 0.85:
+        return Fraction(rng.choice(problem.nums))
+    return Fraction(round(value + rng.choice([-10, -5, -2, -1, 1, 2, 5, 10])))
+
+
+def _digit_neighbour(t: int, rng: random.Random) -> int:
+    """`t` with its digits swapped or one digit changed (69 -> 96, 64, 59); never `t`."""
+    s = str(abs(t))
+    if len(s) > 1 and s[0] != s[-1] and s[-1] != "0" and rng.random() < 0.3:
+        s = s[::-1]
+    else:
+        i = rng.randrange(len(s))
+        digits = [d for d in "0123456789" if d != s[i] and not (i == 0 and d == "0" and len(s) > 1)]
+        s = s[:i] + rng.choice(digits) + s[i + 1 :]
+    return int(s) if t >= 0 else -int(s)
 
 
 def _value_ok(tree) -> bool:
@@ -149,13 +172,29 @@ def write_trace(
 ) -> str:
     """The model's response to `prompt(problem)`: starts with " We have the numbers"
     (the prompt ends in "<think>") and ends with the <answer> line."""
+    return trace_and_slips(problem, rng, max_failed, p_slip, p_near, p_chain)[0]
+
+
+def trace_and_slips(
+    problem: Problem,
+    rng: random.Random | int = 0,
+    max_failed: int | None = None,
+    p_slip: float = 0.1,
+    p_near: float = 0.3,
+    p_chain: float = 0.2,
+) -> tuple[str, list[tuple[int, int]]]:
+    """`write_trace`'s text and the character spans of its slipped claimed values.
+
+    Training puts no loss on those spans: the model sees wrong claims (the target, near
+    misses) and learns the verdict that follows them, without learning to make them."""
     if not isinstance(rng, random.Random):
         rng = random.Random(rng)
     t = problem.target
-    lines = [
+    text = (
         f" We have the numbers {_numbers_phrase(problem.nums)}. We need to use all of them to make "
         f"an equation that equals {t}. Let's try different combinations:"
-    ]
+    )
+    slips = []
     weights = ATTEMPT_WEIGHTS[: (max_failed + 1) if max_failed is not None else None]
     n_failed = rng.choices(range(len(weights)), weights=weights)[0]
     final_expr = None
@@ -163,12 +202,15 @@ def write_trace(
         att = _failed_attempt(problem, rng, p_slip, p_near, p_chain)
         if att is None:
             continue
-        expr, segments, claimed = att
+        expr, segments, claimed, slip = att
+        line = _attempt_line(expr, segments, t, valid=claimed == t)
+        if slip:
+            end = len(text) + 1 + len(line) - len(line.rsplit(" (", 1)[1]) - 2
+            slips.append((end - len(segments[-1]), end))
+        text += "\n" + line
         if claimed == t:  # a slip that claims the target ends the search, wrongly
-            lines.append(_attempt_line(expr, segments, t, valid=True))
             final_expr = expr
             break
-        lines.append(_attempt_line(expr, segments, t, valid=False))
     if final_expr is None:
         nums = list(problem.nums)
         rng.shuffle(nums)  # a different solution each time, where there are several
@@ -177,8 +219,8 @@ def write_trace(
             raise ValueError(f"{problem} has no solution")
         tree = parse(solution, number=int)
         segments = chain_steps(tree)[:-1] if rng.random() < p_chain else []
-        lines.append(_attempt_line(solution, segments + [str(t)], t, valid=True))
+        text += "\n" + _attempt_line(solution, segments + [str(t)], t, valid=True)
         final_expr = solution
-    lines.append(f"So, the equation that equals {t} is {final_expr}. </think>")
-    lines.append(f"<answer> {final_expr} </answer>")
-    return "\n".join(lines)
+    text += f"\nSo, the equation that equals {t} is {final_expr}. </think>"
+    text += f"\n<answer> {final_expr} </answer>"
+    return text, slips

@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..countdown import generate_problems, prompt, write_trace
+from ..countdown import generate_problems, prompt
+from ..countdown.synth import trace_and_slips
 
 NAME = "countdown-tiny"
 
@@ -31,13 +32,16 @@ class TinySpec:
     tokenizer_vocab: int = 1024  # BPE merge budget; it stops early when the corpus is covered
     tokenizer_corpus: int = 3000  # traces used to train the tokenizer
     n_problems: int = 40000  # training problems (train split); traces are redrawn every time
-    batch_size: int = 32
+    batch_size: int = 24
     steps: int = 1100
     lr: float = 3e-3
     warmup: int = 50
     weight_decay: float = 0.05
     verdict_weight: float = 10.0  # loss weight of the verdict token ("this"/"not") after " ("
     p_chain: float = 0.4  # share of chained attempts ("a + b - c = v - c = w"): arithmetic step by step
+    # share of failed attempts with a wrong claimed value (the target, near misses), seen
+    # without loss: it breaks any link between verdict and position (see encode_example)
+    p_slip: float = 0.25
 
 
 def qwen2_config(spec: TinySpec, tokenizer):
@@ -61,23 +65,29 @@ def qwen2_config(spec: TinySpec, tokenizer):
     )
 
 
-def training_texts(problems, rng: random.Random, p_chain: float = 0.2):
-    """(prompt, response) pairs with fresh synthetic traces."""
+def training_texts(problems, rng: random.Random, p_chain: float = 0.2, p_slip: float = 0.1):
+    """(prompt, response, slip spans) with fresh synthetic traces."""
     for p in problems:
-        yield prompt(p), write_trace(p, rng, p_chain=p_chain)
+        yield (prompt(p), *trace_and_slips(p, rng, p_chain=p_chain, p_slip=p_slip))
 
 
-def encode_example(tokenizer, prompt_text: str, response: str, verdict_weight: float = 1.0):
+def encode_example(tokenizer, prompt_text: str, response: str, verdict_weight: float = 1.0, slips=()):
     """Token ids and per-token loss weights: 0 on the prompt, 1 on the response and the
     final EOS, `verdict_weight` on each verdict token (the one right after " ("): the
-    single token where the model must compare its claimed value with the target."""
+    single token where the model must compare its claimed value with the target.
+
+    Tokens overlapping a `slips` span (character offsets in `response`: the deliberately
+    wrong claimed values) get weight 0, so the model learns what follows a wrong claim
+    (its verdict) but is never taught to write one."""
     p_ids = tokenizer.encode(prompt_text, add_special_tokens=False)
-    r_ids = tokenizer.encode(response, add_special_tokens=False) + [tokenizer.eos_token_id]
-    paren = tokenizer.convert_tokens_to_ids(tokenizer.tokenize(" ("))[0]
-    w = [0.0] * len(p_ids) + [1.0] * len(r_ids)
+    enc = tokenizer(response, add_special_tokens=False, return_offsets_mapping=True)
+    r_ids = enc["input_ids"] + [tokenizer.eos_token_id]
+    r_w = [0.0 if any(a < e and s < b for s, e in slips) else 1.0 for a, b in enc["offset_mapping"]] + [1.0]
+    paren, this, not_ = (tokenizer.convert_tokens_to_ids(tokenizer.tokenize(t))[0] for t in (" (", "this", "not"))
+    w = [0.0] * len(p_ids) + r_w
     ids = p_ids + r_ids
     for i in range(len(p_ids) + 1, len(ids)):
-        if ids[i - 1] == paren:
+        if ids[i - 1] == paren and ids[i] in (this, not_):  # not the " (" of a bracketed expression
             w[i] = verdict_weight
     return ids, w
 

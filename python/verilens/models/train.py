@@ -31,8 +31,8 @@ def _atomic_torch_save(obj, path: Path):
 def _group_batches(spec, problems, tokenizer, group: int):
     rng = random.Random(spec.seed * 1_000_003 + group)
     chosen = [problems[rng.randrange(len(problems))] for _ in range(GROUP * spec.batch_size)]
-    examples = [encode_example(tokenizer, p, r, spec.verdict_weight)
-                for p, r in training_texts(chosen, rng, spec.p_chain)]
+    examples = [encode_example(tokenizer, p, r, spec.verdict_weight, slips)
+                for p, r, slips in training_texts(chosen, rng, spec.p_chain, spec.p_slip)]
     examples.sort(key=lambda e: len(e[0]))
     batches = [examples[i * spec.batch_size : (i + 1) * spec.batch_size] for i in range(GROUP)]
     rng.shuffle(batches)
@@ -74,7 +74,7 @@ def train(out_dir, spec: TinySpec | None = None, checkpoint_every: int = 50, thr
         tokenizer = AutoTokenizer.from_pretrained(tok_dir)
     else:
         rng = random.Random(spec.seed)
-        corpus = [p + r for p, r in training_texts(problems[: spec.tokenizer_corpus], rng)]
+        corpus = [p + r for p, r, _ in training_texts(problems[: spec.tokenizer_corpus], rng)]
         tokenizer = train_tokenizer(corpus, spec.tokenizer_vocab)
         if len(tokenizer) > spec.vocab_size:
             raise VerilensError(f"tokenizer has {len(tokenizer)} tokens > vocab_size {spec.vocab_size}")
@@ -105,10 +105,12 @@ def train(out_dir, spec: TinySpec | None = None, checkpoint_every: int = 50, thr
         if step // GROUP != group:
             group = step // GROUP
             batches = _group_batches(spec, problems, tokenizer, group)
-        ids, attn, weights = collate(batches[step % GROUP], tokenizer.eos_token_id)
+        ids, _, weights = collate(batches[step % GROUP], tokenizer.eos_token_id)
         for g in opt.param_groups:
             g["lr"] = _lr(spec, step)
-        loss = weighted_loss(model(input_ids=ids, attention_mask=attn).logits, ids, weights)
+        # No attention mask: the padding is on the right, so under the causal mask no real
+        # token sees it (and pads carry no loss); the maskless causal path of SDPA is faster.
+        loss = weighted_loss(model(input_ids=ids).logits, ids, weights)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()

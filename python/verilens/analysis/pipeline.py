@@ -1,0 +1,335 @@
+"""`verilens analyze`: the whole self-verification analysis of PAPER.md, model -> report.
+
+Steps (each cached in DIR/cache, so an interrupted run resumes where it stopped):
+ 1. traces      greedy generations, parsed; verdict sites of those with both verdicts
+ 2. probes      one 2-way probe per layer on resid_post at the verdict sites
+ 3. glu         GLU value vectors aligned with the probe (variants A and B)
+ 4. lens        logit lens of the probe class vectors and the top GLU value vectors
+ 5. heads       previous-token heads (attention to the target from correct attempts)
+ 6. channel     channel scores of every head for the variant-B neurons
+ 7. interventions  the paper's protocol: none / GLU / heads / random heads
+ 8. subspace    project the probe out (correct attempts), steer along it (wrong ones)
+Then DIR/report.json, DIR/figures/*.png and DIR/report.html (verilens.analysis.report).
+
+Defaults scale the paper's choices for a 36-layer Qwen2.5-3B to the model's depth and
+width; `Settings.paper()` is the authors' exact choices."""
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..countdown import generate_problems, load_problems
+from ..errors import VerilensError
+from ..hooks import interventions as iv
+from . import channel, glu, heads, lens, outcomes, probes
+from .traces import Site, Trace, check_sites, correct_contexts, generate_traces, site_activations, verdict_sites, wrong_contexts
+
+PAPER_LAYERS = 36  # Qwen2.5-3B: the depth the paper's layer choices refer to
+PAPER_D_MLP = 11008
+
+
+@dataclass
+class Settings:
+    """Every choice of an analysis run (written into report.json). None = scaled default."""
+
+    n: int = 200  # problems to generate traces for
+    seed: int = 0
+    template: str = "base"  # "base" | "qwen-instruct" | "icl" (in-context examples, for general models)
+    shots: int = 3  # solved examples in an "icl" prompt
+    max_new_tokens: int = 400
+    batch_size: int = 32
+    glu_layers: list | None = None  # variant A/B layer range; default: the upper half (18..35 of 36)
+    glu_top_k: int | None = None  # per layer; paper 50 of 11008, scaled by d_mlp (at least 8)
+    glu_top_n: int | None = None  # variant B pool size; paper 200, scaled by the number of neurons (at least 16)
+    head_threshold: float = 0.1
+    head_top: int = 50
+    top_k_heads: int = 3
+    random_seeds: int = 5
+    n_contexts: int = 300
+    intervention_tokens: int = 100
+    project_layers: list | None = None  # default: the upper half
+    steer_layers: list | None = None  # default: the paper's 24..35 of 36, scaled
+    steer_alphas: list | None = None  # default: 0.5x, 1x and 2x the mean residual norm at the sites
+    partial: bool = False  # score a fourth outcome, "partial", for general reasoning models
+    paper_settings: bool = False
+
+    @classmethod
+    def paper(cls, **kw) -> "Settings":
+        """The authors' exact choices (for a 36-layer model)."""
+        base = dict(glu_layers=list(range(18, 36)), glu_top_k=50, glu_top_n=200, head_threshold=0.1, head_top=50,
+                    top_k_heads=3, n_contexts=300, intervention_tokens=100, steer_layers=list(range(24, 36)),
+                    steer_alphas=[20.0], paper_settings=True)
+        return cls(**{**base, **kw})
+
+    def resolved(self, model) -> "Settings":
+        """A copy with every None replaced by its default for `model`."""
+        L, d_mlp = model.cfg.n_layers, model.cfg.d_mlp
+        if self.template not in ("base", "qwen-instruct", "icl"):
+            raise VerilensError(f"template must be base, qwen-instruct or icl, not {self.template!r}")
+        s = Settings(**asdict(self))
+        s.glu_layers = s.glu_layers if s.glu_layers is not None else glu.upper_half(L)
+        s.glu_top_k = s.glu_top_k or max(8, round(50 * d_mlp / PAPER_D_MLP))
+        s.glu_top_n = s.glu_top_n or max(16, round(200 * L * d_mlp / (PAPER_LAYERS * PAPER_D_MLP)))
+        s.project_layers = s.project_layers if s.project_layers is not None else glu.upper_half(L)
+        s.steer_layers = s.steer_layers if s.steer_layers is not None else list(range(round(L * 24 / 36), L))
+        for name in ("glu_layers", "project_layers", "steer_layers"):
+            bad = [l for l in getattr(s, name) if not 0 <= l < L]
+            if bad:
+                raise VerilensError(f"{name}: layers {bad} out of range for a {L}-layer model")
+        return s
+
+
+class RunDir:
+    """DIR with its cache: atomic writes, resume, refusal to overwrite."""
+
+    def __init__(self, out, settings_json: dict, resume: bool = False, force: bool = False):
+        self.out = Path(out)
+        self.cache = self.out / "cache"
+        marker = self.cache / "settings.json"
+        if self.out.exists() and any(self.out.iterdir()):
+            if force:
+                shutil.rmtree(self.out)
+            elif not resume:
+                raise VerilensError(f"{self.out} exists; pass --resume to continue that run or --force to start over")
+            elif not marker.exists():
+                raise VerilensError(f"{self.out} is not a verilens analysis folder (no cache/settings.json); "
+                                    "pass --force to overwrite it")
+            elif json.loads(marker.read_text()) != settings_json:
+                raise VerilensError(f"{self.out} holds a run with other settings; use another folder or --force")
+        self.cache.mkdir(parents=True, exist_ok=True)
+        (self.out / "report.json").unlink(missing_ok=True)  # only a finished run has a report
+        self.write_json(marker, settings_json)
+
+    @staticmethod
+    def write_json(path: Path, obj) -> None:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(obj, indent=1))
+        os.replace(tmp, path)
+
+    def step(self, name: str, fn):
+        """fn()'s result (JSON-able, or a dict of tensors), cached as cache/NAME."""
+        js, pt = self.cache / f"{name}.json", self.cache / f"{name}.pt"
+        if js.exists():
+            return json.loads(js.read_text())
+        if pt.exists():
+            return torch.load(pt, weights_only=False)
+        result = fn()
+        if isinstance(result, dict) and any(isinstance(v, torch.Tensor) for v in result.values()):
+            tmp = pt.with_name(pt.name + ".tmp")
+            torch.save(result, tmp)
+            os.replace(tmp, pt)
+        else:
+            self.write_json(js, result)
+        return result
+
+
+def _versions() -> dict:
+    import transformers
+
+    from .. import __version__
+
+    return {"verilens": __version__, "torch": torch.__version__, "transformers": transformers.__version__}
+
+
+def _problems(settings: Settings, problems_file, on_bad_row: str):
+    if problems_file is None:
+        return generate_problems(settings.n, seed=settings.seed, split="test")
+    probs = load_problems(problems_file, on_bad_row=on_bad_row)
+    rng = random.Random(settings.seed)
+    return rng.sample(probs, min(settings.n, len(probs)))
+
+
+def analyze(model, out, settings: Settings | None = None, problems_file=None, on_bad_row: str = "skip",
+            resume: bool = False, force: bool = False, progress: bool = True, log=print) -> dict:
+    """Run the analysis of `model` (a HookedModel) into `out`; returns the report dict."""
+    from .report import write_report
+
+    if not model.cfg.gated_mlp:
+        raise VerilensError(f"{model.name} has no GLU MLP (gate_proj/up_proj/down_proj); the analysis needs one")
+    settings = (settings or Settings()).resolved(model)
+    run = RunDir(out, {"model": model.name, **asdict(settings)}, resume=resume, force=force)
+    times = {}
+    torch.manual_seed(settings.seed)
+
+    def timed(name, fn):
+        t0 = time.perf_counter()
+        log(f"[verilens] {name} ...")
+        r = run.step(name, fn)
+        times[name] = round(time.perf_counter() - t0, 2)
+        return r
+
+    # 1. traces
+    def step_traces():
+        problems = _problems(settings, problems_file, on_bad_row)
+        traces = generate_traces(model, problems, settings.template, settings.max_new_tokens,
+                                 settings.batch_size, progress, settings.shots)
+        return [t.to_dict() for t in traces]
+
+    traces = [Trace.from_dict(d) for d in timed("traces", step_traces)]
+    sites = [Site(**d) for d in timed("sites", lambda: [asdict(s) for s in verdict_sites(model, traces)])]
+    check_sites(sites, traces)
+    trace_stats = _trace_stats(traces, sites)
+
+    # 2. probes
+    def step_probes():
+        acts = site_activations(model, traces, sites, batch_size=max(1, settings.batch_size // 2), progress=progress)
+        labels = torch.tensor([s.label for s in sites])
+        gen = torch.tensor([s.trace for s in sites])
+        res = probes.train_probes(acts, labels, gen, seed=settings.seed)
+        return {"W": res.W, "val_accuracy": torch.tensor(res.val_accuracy),
+                "train_accuracy": torch.tensor(res.train_accuracy), "site_norm": acts.norm(dim=-1).mean(0),
+                "n_train": torch.tensor(res.n_train), "n_val": torch.tensor(res.n_val)}
+
+    pr = timed("probes", step_probes)
+    W = pr["W"]
+    probes.save_probe(W, run.out / "probe.pt")
+    class_cos = torch.nn.functional.cosine_similarity(W[:, :, 0], W[:, :, 1], dim=-1)
+
+    # 3. GLU selection
+    def step_glu():
+        a_valid = glu.select_variant_a(model, W, settings.glu_layers, 1, settings.glu_top_k)
+        a_invalid = glu.select_variant_a(model, W, settings.glu_layers, 0, settings.glu_top_k)
+        b = glu.select_variant_b(model, W, settings.glu_layers, 1, settings.glu_top_k, settings.glu_top_n)
+        return {"glu_valid": a_valid, "glu_invalid": a_invalid, "variant_b": b}
+
+    sel = timed("glu", step_glu)
+    glu_valid = [tuple(x) for x in sel["glu_valid"]]
+    glu_invalid = [tuple(x) for x in sel["glu_invalid"]]
+    variant_b = [(l, i) for l, i, _ in sel["variant_b"]]
+
+    # 4. logit lens
+    def step_lens():
+        Lp = settings.glu_layers[-1]  # the last layer of the range reads closest to the output
+        out = {"layer": Lp, "probe_valid": lens.top_tokens(model, W[Lp, :, 1]),
+               "probe_invalid": lens.top_tokens(model, W[Lp, :, 0]), "neurons": []}
+        for l, i, c in sel["variant_b"][:5]:
+            v = model.blocks[l].mlp.down_proj.weight[:, i].float()
+            out["neurons"].append({"neuron": [l, i], "cosine": c, **lens.top_tokens(model, v, k=10)})
+        return out
+
+    lens_res = timed("lens", step_lens)
+
+    # 5. previous-token heads
+    contexts = correct_contexts(traces, settings.n_contexts)
+    if not contexts:
+        raise VerilensError("no accepted attempt hits the target: no context for the heads and interventions")
+
+    def step_heads():
+        dens = heads.target_attention_density(model, [c for c, _ in contexts], [t for _, t in contexts],
+                                              batch_size=max(1, settings.batch_size // 2))
+        return {"density": dens}
+
+    density = timed("heads", step_heads)["density"]
+    prev_heads = heads.select_heads(density, settings.head_threshold, settings.head_top)
+
+    # 6. channel scores
+    def step_channel():
+        return {"paper": channel.channel_scores(model, variant_b, "paper"),
+                "composition": channel.channel_scores(model, variant_b, "composition")}
+
+    ch = timed("channel", step_channel)
+    pool = prev_heads or [(l, h) for l in range(model.cfg.n_layers) for h in range(model.cfg.n_heads)]
+    ranked = sorted(pool, key=lambda lh: -float(ch["paper"][lh[0], lh[1]]))
+    top_heads = ranked[: settings.top_k_heads]
+    random_sets = _random_head_sets(model, prev_heads, settings)
+
+    # 7. interventions
+    ctx_texts = [c for c, _ in contexts]
+    conditions = {
+        "none": [],
+        "glu_valid": [iv.ablate_neurons(glu_valid, positions="last")],
+        "glu_valid_invalid": [iv.ablate_neurons(glu_valid + glu_invalid, positions="last")],
+        "prev_token_heads": [iv.ablate_heads(prev_heads)] if prev_heads else None,
+        f"top{settings.top_k_heads}_heads": [iv.ablate_heads(top_heads)],
+    }
+    for k, hs in enumerate(random_sets):
+        conditions[f"random_heads_{k}"] = [iv.ablate_heads(hs)]
+
+    def step_interventions():
+        res = {}
+        for name, ivs in conditions.items():
+            if ivs is None:
+                continue
+            table, conts = outcomes.run_condition(model, ctx_texts, ivs, settings.intervention_tokens,
+                                                  settings.batch_size, settings.partial, progress, desc=name)
+            table["neuron_activation_drop"] = outcomes.neuron_activation_drop(model, ctx_texts, variant_b, ivs,
+                                                                              settings.batch_size)
+            table["examples"] = conts[:3]
+            res[name] = table
+        return res
+
+    inter = timed("interventions", step_interventions)
+    rand = [v for k, v in inter.items() if k.startswith("random_heads_")]
+    if rand:
+        kinds = rand[0]["counts"].keys()
+        inter["random_heads"] = {**{k: sum(r[k] for r in rand) / len(rand) for k in kinds},
+                                 "counts": {k: sum(r["counts"][k] for r in rand) for k in kinds},
+                                 "n": sum(r["n"] for r in rand), "seeds": len(rand),
+                                 "neuron_activation_drop": sum(r["neuron_activation_drop"] for r in rand) / len(rand)}
+
+    # 8. the subspace, causally
+    def step_subspace():
+        dirs = {l: W[l].T for l in settings.project_layers}  # both class vectors of each layer
+        proj, _ = outcomes.run_condition(model, ctx_texts, [iv.project_out(dirs, settings.project_layers)],
+                                         settings.intervention_tokens, settings.batch_size, settings.partial)
+        wrong = [c for c, _ in wrong_contexts(traces, settings.n_contexts)]
+        norm = float(pr["site_norm"][settings.steer_layers].mean())
+        alphas = settings.steer_alphas or [round(f * norm, 3) for f in (0.5, 1.0, 2.0)]
+        steer = {}
+        for a in alphas:
+            vec = {l: W[l, :, 1] / W[l, :, 1].norm() for l in settings.steer_layers}
+            conts = outcomes.run_condition(model, wrong, [iv.steer(vec, settings.steer_layers, alpha=a)],
+                                           settings.intervention_tokens, settings.batch_size)[1] if wrong else []
+            steer[str(a)] = {"accepted": outcomes.accepted_rate(conts), "n": len(conts)}
+        base = outcomes.run_condition(model, wrong, [], settings.intervention_tokens, settings.batch_size)[1] \
+            if wrong else []
+        return {"projection": {"layers": settings.project_layers, **proj},
+                "steering": {"layers": settings.steer_layers, "baseline_accepted": outcomes.accepted_rate(base),
+                             "n": len(wrong), "by_alpha": steer}}
+
+    sub = timed("subspace", step_subspace)
+
+    report = {
+        "model": {"name": model.name, "source": model.source, **asdict(model.cfg)},
+        "settings": asdict(settings),
+        "versions": _versions(),
+        "traces": trace_stats,
+        "probe_accuracy": [float(x) for x in pr["val_accuracy"]],
+        "probe_train_accuracy": [float(x) for x in pr["train_accuracy"]],
+        "probe_class_cosine": [float(x) for x in class_cos],
+        "probe_generations": {"train": int(pr["n_train"]), "val": int(pr["n_val"])},
+        "glu": {"glu_valid": glu_valid, "glu_invalid": glu_invalid, "variant_b": sel["variant_b"]},
+        "logit_lens": lens_res,
+        "heads": {"density": density.tolist(), "prev_token_heads": prev_heads,
+                  "channel_scores": ch["paper"].tolist(), "composition_scores": ch["composition"].tolist(),
+                  "top_heads": top_heads, "random_head_sets": random_sets},
+        "n_contexts": len(ctx_texts),
+        "interventions": inter,
+        "subspace": sub,
+        "seconds": times,
+    }
+    write_report(report, run.out)
+    return report
+
+
+def _trace_stats(traces, sites) -> dict:
+    n_parsed = sum(bool(t.attempts) for t in traces)
+    kept = len({s.trace for s in sites})
+    return {"n": len(traces), "parsed": n_parsed, "both_verdicts": kept, "sites": len(sites),
+            "valid_sites": sum(s.label for s in sites), "invalid_sites": sum(1 - s.label for s in sites)}
+
+
+def _random_head_sets(model, prev_heads, settings) -> list:
+    """`random_seeds` sets of `top_k_heads` random heads, never previous-token heads."""
+    excluded = set(map(tuple, prev_heads))
+    pool = [(l, h) for l in range(model.cfg.n_layers) for h in range(model.cfg.n_heads) if (l, h) not in excluded]
+    k = min(settings.top_k_heads, len(pool))
+    return [sorted(random.Random(settings.seed * 1000 + s).sample(pool, k)) for s in range(settings.random_seeds)] \
+        if k else []

@@ -1,0 +1,85 @@
+"""Outcome classification (PAPER.md section 6) and the intervention protocol."""
+import pytest
+
+import verilens
+from verilens.analysis.outcomes import accepted_rate, classify, outcome_table, run_condition
+from verilens.analysis.traces import Trace, correct_contexts, verdict_sites, wrong_contexts
+from verilens.countdown import Problem, prompt, write_trace
+from verilens.hooks import interventions as iv
+
+
+@pytest.mark.parametrize("text, kind", [
+    ("this works)\nSo, the equation that equals 49 is 67 + 60 + 12 - 90. </think>", "fail"),
+    ("not 49)\n- 90 - 67 - 60 + 12 = -15 (not 49)\n- 12 * 4 = 48 (not 49)\n", "success"),
+    ("not 49)\n- 1.5 / (2 - 3) = -1.5 (not 49)", "success"),
+    ("not 49)\nSo, the equation that equals 49 is 67 + 60. </think>", "mix"),
+    ("not 49)\n<answer> 67 + 60 + 12 - 90 </answer>", "mix"),
+    ("not 49)\n- 67 + 60 + 12 - 90 = 49 (this works)", "fail"),
+    ("not 49). Wait, that is wrong", "mix"),
+    ("", "mix"),
+    ("hello there", "mix"),
+    ("THIS WORKS", "fail"),
+])
+def test_classify(text, kind):
+    assert classify(text) == kind
+
+
+def test_classify_partial_for_general_models():
+    text = "not 49). Wait, 67 + 60 + 12 - 90 = 49. That works."
+    assert classify(text, partial=True) == "partial"
+    assert classify(text) == "mix"
+    assert classify("this works", partial=True) == "fail"
+    assert classify("not 49)\n- 1 + 2 = 3 (not 49)", partial=True) == "success"
+
+
+def test_outcome_table_counts():
+    t = outcome_table(["success", "fail", "fail", "mix"])
+    assert t["counts"] == {"success": 1, "mix": 1, "fail": 2} and t["n"] == 4
+    assert t["fail"] == 0.5 and abs(sum(t[k] for k in ("success", "mix", "fail")) - 1) < 1e-12
+    assert "partial" in outcome_table(["partial", "fail"])
+    assert accepted_rate(["this works)", "not 3)"]) == 0.5
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return verilens.load("countdown-tiny")
+
+
+def _traces(n=6):
+    out = []
+    for i in range(n):
+        p = Problem([3, 5, 7, 11], 26)
+        out.append(Trace(p, prompt(p), write_trace(p, i, max_failed=3)))
+    return out
+
+
+def test_sites_and_contexts_from_synthetic_traces(tiny):
+    traces = _traces()
+    sites = verdict_sites(tiny, traces)
+    ids = [tiny.tokenizer(t.text)["input_ids"] for t in traces]
+    paren = tiny.tokenizer.convert_tokens_to_ids(tiny.tokenizer.tokenize(" ("))[0]
+    for s in sites:
+        assert ids[s.trace][s.token] == paren
+        nxt = tiny.tokenizer.decode([ids[s.trace][s.token + 1]])
+        assert nxt == ("this" if s.label == 1 else "not")
+    kept = {s.trace for s in sites}
+    assert all(len({a.verdict for a in traces[i].attempts}) == 2 for i in kept)
+    for c, target in correct_contexts(traces):
+        assert target == 26 and c.rstrip().endswith("26") and not c.endswith(" (")
+    for c, _ in wrong_contexts(traces):
+        assert not c.rstrip().endswith("= 26")
+
+
+def test_protocol_on_the_builtin_model(tiny):
+    """The trigger fires at the " (" step only: zeroing every head there changes the
+    verdict, while the unablated model accepts its correct attempts."""
+    traces = _traces(8)
+    ctx = [c for c, _ in correct_contexts(traces)][:4]
+    base, conts = run_condition(tiny, ctx, [], max_new_tokens=6)
+    assert all(c.startswith(" (") for c in conts)
+    assert base["n"] == 4
+    allheads = [(l, h) for l in range(tiny.cfg.n_layers) for h in range(tiny.cfg.n_heads)]
+    ablated, conts2 = run_condition(tiny, ctx, [iv.ablate_heads(allheads)], max_new_tokens=6)
+    # the " (" itself is generated before the trigger fires, so it is unchanged
+    assert all(c.startswith(" (") for c in conts2)
+    assert conts2 != conts

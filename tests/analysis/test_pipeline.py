@@ -1,0 +1,119 @@
+"""`verilens analyze` end to end on the built-in model, and its refusals of bad input."""
+import json
+
+import pytest
+import torch
+
+import verilens
+from verilens.analysis.pipeline import Settings, analyze
+from verilens.errors import VerilensError
+
+SMALL = dict(n=40, n_contexts=16, random_seeds=2, max_new_tokens=300, batch_size=40)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return verilens.load("countdown-tiny")
+
+
+@pytest.fixture(scope="module")
+def run(tiny, tmp_path_factory):
+    out = tmp_path_factory.mktemp("analysis") / "run"
+    return out, analyze(tiny, out, Settings(**SMALL), progress=False, log=lambda m: None)
+
+
+def test_report_files_and_numbers(run, tiny):
+    out, report = run
+    on_disk = json.loads((out / "report.json").read_text())
+    assert on_disk["probe_accuracy"] == report["probe_accuracy"]
+    L, H = tiny.cfg.n_layers, tiny.cfg.n_heads
+    assert len(report["probe_accuracy"]) == L and all(0 <= a <= 1 for a in report["probe_accuracy"])
+    assert torch.load(out / "probe.pt").shape == (L, tiny.cfg.d_model, 2)
+    for name in ("none", "glu_valid", "glu_valid_invalid", "top3_heads", "random_heads"):
+        row = report["interventions"][name]
+        assert abs(row["success"] + row["mix"] + row["fail"] - 1) < 1e-9, name
+        assert sum(row["counts"].values()) == row["n"]
+    assert report["interventions"]["random_heads"]["seeds"] == 2
+    assert report["n_contexts"] == report["interventions"]["none"]["n"] <= SMALL["n_contexts"]
+    assert len(report["heads"]["density"]) == L and len(report["heads"]["density"][0]) == H
+    assert len(report["heads"]["top_heads"]) == 3
+    excluded = {tuple(h) for h in report["heads"]["prev_token_heads"]}
+    assert all(tuple(h) not in excluded for s in report["heads"]["random_head_sets"] for h in s)
+    for f in ("probe_accuracy", "density", "channel_scores", "interventions", "logit_lens"):
+        assert (out / "figures" / f"{f}.png").stat().st_size > 1000
+    page = (out / "report.html").read_text()
+    assert "data:image/png;base64," in page and "95.3" in page  # published 3B numbers beside ours
+    assert report["versions"]["verilens"] == verilens.__version__
+
+
+def test_baseline_accepts_its_correct_attempts(run):
+    """Without intervention the model says "(this works)" on (nearly) every correct attempt."""
+    _, report = run
+    assert report["interventions"]["none"]["fail"] >= 0.9
+
+
+def test_resume_reuses_the_cache_and_refuses_to_overwrite(run, tiny):
+    out, report = run
+    with pytest.raises(VerilensError, match="--resume"):
+        analyze(tiny, out, Settings(**SMALL), progress=False, log=lambda m: None)
+    with pytest.raises(VerilensError, match="other settings"):
+        analyze(tiny, out, Settings(**{**SMALL, "seed": 1}), resume=True, progress=False, log=lambda m: None)
+    steps = []
+    again = analyze(tiny, out, Settings(**SMALL), resume=True, progress=False, log=steps.append)
+    assert again["probe_accuracy"] == report["probe_accuracy"]
+    assert again["interventions"]["top3_heads"]["counts"] == report["interventions"]["top3_heads"]["counts"]
+    assert max(again["seconds"].values()) < 5  # every step came from the cache
+
+
+def test_refuses_a_folder_that_is_not_a_run(tiny, tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(VerilensError, match="--force"):
+        analyze(tiny, tmp_path, Settings(**SMALL), resume=True, progress=False, log=lambda m: None)
+    assert (tmp_path / "notes.txt").exists()
+
+
+def test_no_parseable_attempts(qwen, tmp_path):
+    """A random model writes no CountDown attempts: a clear error, and no report."""
+    with pytest.raises(VerilensError, match="both a valid and an invalid verdict"):
+        analyze(qwen, tmp_path / "r", Settings(n=4, max_new_tokens=8), progress=False, log=lambda m: None)
+    assert not (tmp_path / "r" / "report.json").exists()
+
+
+def test_model_without_glu(small_tokenizer, tmp_path):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from verilens.hooks import HookedModel
+
+    class PlainMLP(torch.nn.Module):
+        def __init__(self, d):
+            super().__init__()
+            self.fc_in, self.fc_out = torch.nn.Linear(d, 2 * d), torch.nn.Linear(2 * d, d)
+
+        def forward(self, x):
+            return self.fc_out(torch.relu(self.fc_in(x)))
+
+    tok = small_tokenizer
+    hf = Qwen2ForCausalLM(Qwen2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=2, num_key_value_heads=1)).eval()
+    for layer in hf.model.layers:
+        layer.mlp = PlainMLP(32)
+    with pytest.raises(VerilensError, match="no GLU MLP"):
+        analyze(HookedModel(hf, tok, "plain"), tmp_path / "r", Settings(n=4), progress=False, log=lambda m: None)
+
+
+def test_bad_problem_rows(tiny, tmp_path):
+    f = tmp_path / "p.jsonl"
+    f.write_text('{"nums": [3, 5, 7], "target": 22}\n{"nums": "x"}\nnot json\n')
+    with pytest.raises(VerilensError, match="row 2"):
+        analyze(tiny, tmp_path / "r", Settings(n=4), problems_file=f, on_bad_row="error", progress=False,
+                log=lambda m: None)
+
+
+def test_settings_scale_with_depth(tiny):
+    s = Settings().resolved(tiny)
+    L = tiny.cfg.n_layers
+    assert s.glu_layers == list(range(L // 2, L)) and s.glu_top_k >= 8
+    p = Settings.paper()
+    assert p.glu_layers == list(range(18, 36)) and p.glu_top_k == 50 and p.steer_alphas == [20.0]
+    with pytest.raises(VerilensError, match="out of range"):
+        p.resolved(tiny)  # the paper's layers do not exist in a 6-layer model
