@@ -49,6 +49,8 @@ def analyze(
     paper_settings: bool = typer.Option(False, "--paper-settings", help="The authors' exact choices (36-layer model)."),
     partial: bool = typer.Option(False, help="Score a 'partial' outcome (general reasoning models that self-correct)."),
     bad_rows: str = typer.Option("skip", help="Bad rows in --problems: skip (report them) or error."),
+    probe: Optional[Path] = typer.Option(None, help="Use this probe file ([n_layers, d_model, 2] .pt, e.g. the "
+                                                    "authors' release) instead of training one."),
     device: Optional[str] = typer.Option(None, help="cpu or cuda (default cpu)."),
     dtype: Optional[str] = typer.Option(None, help="float32, bfloat16 or float16."),
     resume: bool = typer.Option(False, help="Continue an interrupted run in --out."),
@@ -62,8 +64,8 @@ def analyze(
               n_contexts=n_contexts, partial=partial)
     settings = Settings.paper(**kw) if paper_settings else Settings(**kw)
     m = load(model, device=device, dtype=dtype)
-    run_analyze(m, out, settings, problems_file=problems, on_bad_row=bad_rows, resume=resume, force=force,
-                progress=sys.stderr.isatty())
+    run_analyze(m, out, settings, problems_file=problems, on_bad_row=bad_rows, probe_file=probe, resume=resume,
+                force=force, progress=sys.stderr.isatty())
     typer.echo(f"report: {out / 'report.html'} (numbers: {out / 'report.json'})")
 
 

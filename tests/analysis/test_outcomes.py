@@ -71,15 +71,19 @@ def test_sites_and_contexts_from_synthetic_traces(tiny):
 
 
 def test_protocol_on_the_builtin_model(tiny):
-    """The trigger fires at the " (" step only: zeroing every head there changes the
-    verdict, while the unablated model accepts its correct attempts."""
-    traces = _traces(8)
+    """On the model's own accepted attempts (cut before " ("), the plain continuation
+    accepts again; zeroing every head at the " (" step only changes the verdict, not the
+    " (" itself (generated one step before the trigger fires)."""
+    from verilens.analysis.traces import generate_traces
+    from verilens.countdown import generate_problems
+
+    traces = generate_traces(tiny, generate_problems(8, seed=3, split="test"), max_new_tokens=300, progress=False)
     ctx = [c for c, _ in correct_contexts(traces)][:4]
+    assert len(ctx) >= 2
     base, conts = run_condition(tiny, ctx, [], max_new_tokens=6)
     assert all(c.startswith(" (") for c in conts)
-    assert base["n"] == 4
+    assert base["fail"] >= 0.75 and base["n"] == len(ctx)
     allheads = [(l, h) for l in range(tiny.cfg.n_layers) for h in range(tiny.cfg.n_heads)]
     ablated, conts2 = run_condition(tiny, ctx, [iv.ablate_heads(allheads)], max_new_tokens=6)
-    # the " (" itself is generated before the trigger fires, so it is unchanged
     assert all(c.startswith(" (") for c in conts2)
     assert conts2 != conts

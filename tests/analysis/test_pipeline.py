@@ -8,7 +8,8 @@ import verilens
 from verilens.analysis.pipeline import Settings, analyze
 from verilens.errors import VerilensError
 
-SMALL = dict(n=40, n_contexts=16, random_seeds=2, max_new_tokens=300, batch_size=40)
+SMALL = dict(n=40, n_contexts=16, random_seeds=2, max_new_tokens=300, batch_size=40, intervention_tokens=40)
+QUICK = {**SMALL, "n_contexts": 4, "random_seeds": 1, "steer_alphas": [1.0]}  # where only one step matters
 
 
 @pytest.fixture(scope="module")
@@ -117,3 +118,17 @@ def test_settings_scale_with_depth(tiny):
     assert p.glu_layers == list(range(18, 36)) and p.glu_top_k == 50 and p.steer_alphas == [20.0]
     with pytest.raises(VerilensError, match="out of range"):
         p.resolved(tiny)  # the paper's layers do not exist in a 6-layer model
+
+
+def test_given_probe_is_used_and_checked(run, tiny, tmp_path):
+    out, report = run
+    again = analyze(tiny, tmp_path / "given", Settings(**QUICK), probe_file=out / "probe.pt", progress=False,
+                    log=lambda m: None)
+    torch.testing.assert_close(torch.load(tmp_path / "given" / "probe.pt"), torch.load(out / "probe.pt"))
+    assert again["probe_generations"]["train"] == 0
+    assert all(0.5 <= a <= 1 for a in again["probe_accuracy"][1:])
+    bad = tmp_path / "bad.pt"
+    torch.save(torch.zeros(3, 7, 2), bad)
+    with pytest.raises(VerilensError, match="does not fit the model"):
+        analyze(tiny, tmp_path / "r", Settings(**SMALL), probe_file=bad, progress=False, log=lambda m: None)
+    assert not (tmp_path / "r").exists()  # refused before any folder is made

@@ -3,7 +3,8 @@
 The interpreter runs the kernels as numpy code and misses what only the compiler checks
 (types merged across branches, dot shapes and dtypes, layouts). Triton's wheel carries
 the NVIDIA backend and ptxas, so each kernel variant the launchers can produce is compiled
-here for sm_90 (H100), and the main variants also for sm_80 (A100), with the launcher's specialisations (16-byte
+here for sm_90 (H100), and the main variants also for sm_80 (A100); the channel-score
+kernels for sm_90, with the launcher's specialisations (16-byte
 aligned pointers and strides, unit column stride). We also check that the kept-heads
 loop of head_masked_o_proj is software-pipelined like the plain GEMM (same shared-memory
 staging), so skipping ablated heads never slows the matmul down.
@@ -68,6 +69,17 @@ def _compile_all() -> dict:
                       BLOCK_M=2, BLOCK_F=1024)
         for arch in ((80, 90) if sc else (90,)):
             out[f"glu/{dt}/scale{int(sc)}/cap{int(cap)}/sm{arch}"] = compile_one(gk, sig, consts, arch, 4)
+    from verilens.kernels import channel_scores as C
+
+    ck = C._kernels()
+    for dt in ("bf16", "fp32"):
+        ptr = "*" + dt
+        common = dict(n="i32", H="i32", GROUP="i32", D="i32", DH="i32")
+        blocks = dict(BLOCK_N=64, BLOCK_D=64, BLOCK_K=128)
+        out[f"channel/paper/{dt}/sm90"] = compile_one(
+            ck["paper"], dict(wv=ptr, wo=ptr, g=ptr, u=ptr, out="*fp32", **common), blocks, 90, 4)
+        out[f"channel/composition/{dt}/sm90"] = compile_one(
+            ck["composition"], dict(wo=ptr, p="*fp32", m=ptr, out="*fp32", **common), blocks, 90, 4)
     return out
 
 
@@ -84,7 +96,7 @@ def test_kernels_compile_for_sm80_and_sm90():
         pytest.skip("ptxas not available")
     assert r.returncode == 0, r.stderr[-4000:]
     shared = json.loads(r.stdout.strip().splitlines()[-1])
-    assert len(shared) == 12
+    assert len(shared) == 16
     for arch in (80, 90):  # the kept-heads loop is staged like the plain GEMM's
         plain = shared[f"head/fp16/mode0/fill0/all1/cap0/dh128/sm{arch}"]
         kept = shared[f"head/fp16/mode0/fill0/all0/cap0/dh128/sm{arch}"]

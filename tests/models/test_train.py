@@ -50,3 +50,37 @@ def test_different_settings_refused(full_run):
     out, _ = full_run
     with pytest.raises(VerilensError, match="different settings"):
         train(out, TinySpec(seed=1), progress=False)
+
+
+def test_loss_weights_of_a_training_example(small_tokenizer):
+    """Prompt: no loss; slipped claims: no loss; the verdict token after " (": verdict_weight;
+    a " (" inside an expression does not make its next token a verdict."""
+    import random
+
+    from verilens.countdown import generate_problems
+    from verilens.models.tiny import encode_example, training_texts
+
+    tok = small_tokenizer
+    rng = random.Random(0)
+    seen_slip = seen_bracket = False
+    for p_text, response, slips in training_texts(generate_problems(40, seed=4), rng, p_chain=0.3, p_slip=0.6):
+        ids, w = encode_example(tok, p_text, response, verdict_weight=7.0, slips=slips)
+        n_prompt = len(tok.encode(p_text, add_special_tokens=False))
+        assert len(ids) == len(w) and set(w[:n_prompt]) == {0.0}
+        enc = tok(response, add_special_tokens=False, return_offsets_mapping=True)
+        for k, (a, b) in enumerate(enc["offset_mapping"]):
+            i = n_prompt + k
+            in_slip = any(a < e and s < b for s, e in slips)
+            prev = tok.decode([ids[i - 1]])
+            if prev == " (" and tok.decode([ids[i]]) in ("this", "not"):
+                assert w[i] == 7.0
+            elif in_slip:
+                assert w[i] == 0.0
+                seen_slip = True
+            else:
+                assert w[i] == 1.0, (tok.decode(ids[i - 3:i + 1]), w[i])
+                seen_bracket |= prev == " ("
+        for s, e in slips:  # every slip span is a number right before its verdict
+            assert response[e:e + 2] == " (" and response[s:e].lstrip("-").replace(".", "").isdigit()
+        assert w[-1] == 1.0  # the EOS
+    assert seen_slip and seen_bracket

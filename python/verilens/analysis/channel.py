@@ -43,45 +43,60 @@ def _kv_weights(model):
     return model._stack("W_V").float(), model.W_O.float()
 
 
-def _expand(W_V, n_heads):
-    """Repeat KV heads for the query heads that share them (GQA)."""
-    return W_V.repeat_interleave(n_heads // W_V.shape[1], dim=1) if W_V.shape[1] != n_heads else W_V
-
-
 def ov_diagonals(model) -> torch.Tensor:
     """[n_layers, n_heads, d_model]: diag(W_V^h W_O^h) of every head."""
     return torch.einsum("lhmk,lhkm->lhm", model.W_V.float(), model.W_O.float())
 
 
+def _triton(x: torch.Tensor) -> bool:
+    from ..ops import triton_available
+
+    return x.is_cuda and triton_available()
+
+
 def paper_scores(W_V: torch.Tensor, W_O: torch.Tensor, G: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
-    """The paper's channel score from weights: W_V [L, KV, d, dh] (KV heads, repeated to
-    the H query heads here), W_O [L, H, dh, d], gate rows G and up rows U [n, d] of the
-    neurons. Returns [L, H]: mean_i SiLU(g_i . ov_h) * (u_i . ov_h), ov_h = diag(W_V^h W_O^h)."""
+    """The paper's channel score from weights: W_V [L, KV, d, dh] (per KV head; shared by
+    its query heads), W_O [L, H, dh, d], gate rows G and up rows U [n, d] of the neurons.
+    Returns [L, H]: mean_i SiLU(g_i . ov_h) * (u_i . ov_h), ov_h = diag(W_V^h W_O^h).
+    One Triton kernel on CUDA (verilens.kernels.channel_scores); batched matmuls elsewhere."""
     L, H = W_O.shape[:2]
-    ov = torch.einsum("lhmk,lhkm->lhm", _expand(W_V, H), W_O).flatten(0, 1)  # [L*H, d]
-    s = torch.nn.functional.silu(ov @ G.T.to(ov)) * (ov @ U.T.to(ov))  # [L*H, n]
-    return s.mean(1).view(L, H)
+    if _triton(W_O):
+        from ..kernels.channel_scores import paper_terms
+
+        return paper_terms(W_V, W_O, G.to(W_O.device), U.to(W_O.device)).mean(1).view(L, H)
+    from ..kernels.channel_scores import paper_terms_ref
+
+    return paper_terms_ref(W_V, W_O, G.to(W_O.device), U.to(W_O.device)).mean(1).view(L, H)
 
 
 def composition_scores(W_V: torch.Tensor, W_O: torch.Tensor, M: torch.Tensor, chunk_heads: int = 64) -> torch.Tensor:
     """[n, L, H] composition score of every head into every row of M [n, d] (the neurons'
     up rows), ||m_i (W_V^h W_O^h)^T|| / (||m_i|| ||W_V^h W_O^h||_F), from the factors:
     with X = m B^T and P = A^T A per KV head (A = W_V^h, B = W_O^h), the numerator is
-    sqrt(X P X^T) and ||AB||_F^2 = sum(P * B B^T). No d x d matrix is formed."""
+    sqrt(X P X^T) and ||AB||_F^2 = sum(P * B B^T). No d x d matrix is formed. The
+    numerators run in one Triton kernel on CUDA, in chunked batched matmuls elsewhere."""
     L, H, dh, d = W_O.shape
     KV = W_V.shape[1]
-    P = (W_V.transpose(-1, -2) @ W_V)  # [L, KV, dh, dh]: once per KV head, shared by its query heads
-    P = P.repeat_interleave(H // KV, dim=1).flatten(0, 1)  # [L*H, dh, dh] (views of KV-head work)
-    B = W_O.flatten(0, 1)  # [L*H, dh, d]
-    M = M.to(B)
-    out = []
+    M = M.to(W_O.device, torch.float32)
+    P_kv = W_V.float().transpose(-1, -2) @ W_V.float()  # [L, KV, dh, dh]: once per KV head
+    P = P_kv.repeat_interleave(H // KV, dim=1).flatten(0, 1)  # [L*H, dh, dh]
+    B = W_O.flatten(0, 1)
+    if _triton(W_O):
+        from ..kernels.channel_scores import composition_numerators
+
+        num = composition_numerators(W_O, P_kv, M)
+    else:
+        num = []
+        for s in range(0, B.shape[0], chunk_heads):
+            X = torch.einsum("nm,ckm->cnk", M, B[s:s + chunk_heads].float())  # M B^T per head: [c, n, dh]
+            num.append(((X @ P[s:s + chunk_heads]) * X).sum(-1).clamp(min=0).sqrt())
+        num = torch.cat(num)
+    fro = []
     for s in range(0, B.shape[0], chunk_heads):
-        b, p = B[s:s + chunk_heads], P[s:s + chunk_heads]
-        X = torch.einsum("nm,ckm->cnk", M, b)  # M B^T per head: [c, n, dh]
-        num = ((X @ p) * X).sum(-1).clamp(min=0).sqrt()  # [c, n]
-        fro = (p * (b @ b.transpose(1, 2))).sum((-1, -2)).clamp(min=0).sqrt()  # [c]
-        out.append(num / fro[:, None].clamp(min=1e-30))
-    S = torch.cat(out) / M.norm(dim=1)[None].clamp(min=1e-30)  # [L*H, n]
+        b = B[s:s + chunk_heads].float()
+        fro.append((P[s:s + chunk_heads] * (b @ b.transpose(1, 2))).sum((-1, -2)).clamp(min=0).sqrt())
+    fro = torch.cat(fro)
+    S = num / fro[:, None].clamp(min=1e-30) / M.norm(dim=1)[None].clamp(min=1e-30)  # [L*H, n]
     return S.T.reshape(M.shape[0], L, H)
 
 

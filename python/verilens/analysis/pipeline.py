@@ -147,14 +147,19 @@ def _problems(settings: Settings, problems_file, on_bad_row: str):
 
 
 def analyze(model, out, settings: Settings | None = None, problems_file=None, on_bad_row: str = "skip",
-            resume: bool = False, force: bool = False, progress: bool = True, log=print) -> dict:
-    """Run the analysis of `model` (a HookedModel) into `out`; returns the report dict."""
+            probe_file=None, resume: bool = False, force: bool = False, progress: bool = True, log=print) -> dict:
+    """Run the analysis of `model` (a HookedModel) into `out`; returns the report dict.
+
+    `probe_file`: use this probe ([n_layers, d_model, 2], e.g. the authors' released one)
+    instead of training one; its accuracy on this run's verdict sites is reported."""
     from .report import write_report
 
     if not model.cfg.gated_mlp:
         raise VerilensError(f"{model.name} has no GLU MLP (gate_proj/up_proj/down_proj); the analysis needs one")
     settings = (settings or Settings()).resolved(model)
-    run = RunDir(out, {"model": model.name, **asdict(settings)}, resume=resume, force=force)
+    given_probe = probes.load_probe(probe_file, model) if probe_file is not None else None  # checks the shape first
+    run = RunDir(out, {"model": model.name, "probe_file": None if probe_file is None else str(probe_file),
+                       **asdict(settings)}, resume=resume, force=force)
     times = {}
     torch.manual_seed(settings.seed)
 
@@ -182,6 +187,10 @@ def analyze(model, out, settings: Settings | None = None, problems_file=None, on
         acts = site_activations(model, traces, sites, batch_size=max(1, settings.batch_size // 2), progress=progress)
         labels = torch.tensor([s.label for s in sites])
         gen = torch.tensor([s.trace for s in sites])
+        if given_probe is not None:
+            acc = (torch.einsum("nld,ldc->nlc", acts, given_probe).argmax(-1) == labels[:, None]).float().mean(0)
+            return {"W": given_probe, "val_accuracy": acc, "train_accuracy": acc, "site_norm": acts.norm(dim=-1).mean(0),
+                    "n_train": torch.tensor(0), "n_val": torch.tensor(len(gen.unique()))}
         res = probes.train_probes(acts, labels, gen, seed=settings.seed)
         return {"W": res.W, "val_accuracy": torch.tensor(res.val_accuracy),
                 "train_accuracy": torch.tensor(res.train_accuracy), "site_norm": acts.norm(dim=-1).mean(0),

@@ -169,10 +169,11 @@ def write_trace(
     p_slip: float = 0.1,
     p_near: float = 0.3,
     p_chain: float = 0.2,
+    p_final_slip: float = 0.0,
 ) -> str:
     """The model's response to `prompt(problem)`: starts with " We have the numbers"
     (the prompt ends in "<think>") and ends with the <answer> line."""
-    return trace_and_slips(problem, rng, max_failed, p_slip, p_near, p_chain)[0]
+    return trace_and_slips(problem, rng, max_failed, p_slip, p_near, p_chain, p_final_slip)[0]
 
 
 def trace_and_slips(
@@ -182,11 +183,15 @@ def trace_and_slips(
     p_slip: float = 0.1,
     p_near: float = 0.3,
     p_chain: float = 0.2,
+    p_final_slip: float = 0.0,
 ) -> tuple[str, list[tuple[int, int]]]:
     """`write_trace`'s text and the character spans of its slipped claimed values.
 
     Training puts no loss on those spans: the model sees wrong claims (the target, near
-    misses) and learns the verdict that follows them, without learning to make them."""
+    misses) and learns the verdict that follows them, without learning to make them.
+    `p_final_slip`: the chance that the solution is first written with a wrong claimed
+    value (so "(not ...)", and the search goes on), then again correctly: the line that
+    ends the search is then not recognisable before its claimed value is."""
     if not isinstance(rng, random.Random):
         rng = random.Random(rng)
     t = problem.target
@@ -219,6 +224,14 @@ def trace_and_slips(
             raise ValueError(f"{problem} has no solution")
         tree = parse(solution, number=int)
         segments = chain_steps(tree)[:-1] if rng.random() < p_chain else []
+        if p_final_slip and rng.random() < p_final_slip:  # no draw when off: older recipes reproduce
+            claimed = _slip_claim(problem, Fraction(t), rng)
+            while claimed == t:
+                claimed = _slip_claim(problem, Fraction(t), rng)
+            line = _attempt_line(solution, segments + [format_number(claimed)], t, valid=False)
+            end = len(text) + 1 + line.rindex(" (")
+            slips.append((end - len(format_number(claimed)), end))
+            text += "\n" + line
         text += "\n" + _attempt_line(solution, segments + [str(t)], t, valid=True)
         final_expr = solution
     text += f"\nSo, the equation that equals {t} is {final_expr}. </think>"

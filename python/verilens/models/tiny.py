@@ -41,7 +41,10 @@ class TinySpec:
     p_chain: float = 0.4  # share of chained attempts ("a + b - c = v - c = w"): arithmetic step by step
     # share of failed attempts with a wrong claimed value (the target, near misses), seen
     # without loss: it breaks any link between verdict and position (see encode_example)
-    p_slip: float = 0.25
+    p_slip: float = 0.5
+    # share of traces whose solution is first written with a wrong claimed value ("(not ...)"):
+    # the line that ends the search must not be recognisable before its claimed value
+    p_final_slip: float = 0.3
 
 
 def qwen2_config(spec: TinySpec, tokenizer):
@@ -65,10 +68,10 @@ def qwen2_config(spec: TinySpec, tokenizer):
     )
 
 
-def training_texts(problems, rng: random.Random, p_chain: float = 0.2, p_slip: float = 0.1):
+def training_texts(problems, rng: random.Random, p_chain: float = 0.2, p_slip: float = 0.1, p_final_slip: float = 0.0):
     """(prompt, response, slip spans) with fresh synthetic traces."""
     for p in problems:
-        yield (prompt(p), *trace_and_slips(p, rng, p_chain=p_chain, p_slip=p_slip))
+        yield (prompt(p), *trace_and_slips(p, rng, p_chain=p_chain, p_slip=p_slip, p_final_slip=p_final_slip))
 
 
 def encode_example(tokenizer, prompt_text: str, response: str, verdict_weight: float = 1.0, slips=()):
