@@ -100,6 +100,7 @@ def composition_scores(W_V: torch.Tensor, W_O: torch.Tensor, M: torch.Tensor, ch
     return S.T.reshape(M.shape[0], L, H)
 
 
+@torch.no_grad()
 def channel_scores(model, neurons, method: str = "paper") -> torch.Tensor:
     """[n_layers, n_heads] scores of every head for the neuron set [(layer, index), ...]."""
     pairs = _neurons(model, neurons)
@@ -116,6 +117,7 @@ def channel_scores(model, neurons, method: str = "paper") -> torch.Tensor:
     return (num.sqrt() / w.sum().sqrt()).cpu()
 
 
+@torch.no_grad()
 def composition_matrix(model, neurons, chunk_heads: int = 64) -> torch.Tensor:
     """[n_neurons, n_layers, n_heads]: composition score of each head into each neuron's up row."""
     pairs = _neurons(model, neurons)
