@@ -43,18 +43,22 @@ def position_mask(positions, info, device):
     return m
 
 
-def _select(ctx, positions, new, old, pos_dim=1):
-    """Blend `new` into `old` only at the chosen positions and firing rows."""
-    mask = position_mask(positions, ctx.info, new.device)
+def position_and_rows(ctx, positions, x):
+    """[batch, seq] bool: the chosen positions of the firing rows (None = everywhere)."""
+    mask = position_mask(positions, ctx.info, x.device)
     rows = ctx.rows
-    if mask is None and rows is None:
+    if rows is None:
+        return mask
+    rows = rows.to(x.device)[:, None]
+    return rows.expand(x.shape[0], x.shape[1]) if mask is None else mask & rows
+
+
+def _select(ctx, positions, new, old):
+    """Blend `new` into `old` only at the chosen positions and firing rows."""
+    where = position_and_rows(ctx, positions, new)
+    if where is None:
         return new
-    b, p = new.shape[0], new.shape[pos_dim]
-    full = torch.ones(b, p, dtype=torch.bool, device=new.device) if mask is None else mask
-    if rows is not None:
-        full = full & rows.to(new.device)[:, None]
-    shape = [b, p] + [1] * (new.dim() - 2)
-    return torch.where(full.view(shape), new, old)
+    return torch.where(where.view(*where.shape, *[1] * (new.dim() - 2)), new, old)
 
 
 class Intervention:
@@ -105,24 +109,37 @@ class ablate_heads(Intervention):
         by_layer = {}
         for l, h in self.heads:
             by_layer.setdefault(l, []).append(h)
+        return [(f"blocks.{l}.attn.hook_z", HeadEdit(self, l, hs, model.cfg.n_heads)) for l, hs in by_layer.items()]
 
-        def make(l, heads):
-            def fn(z, ctx):
-                new = z.clone()
-                if self.mode == "zero":
-                    new[:, :, heads] = 0
-                else:
-                    if self._means is not None:
-                        mean = self._means[l].to(z)
-                    else:
-                        am = ctx.info.attention_mask
-                        real = am[:, -z.shape[1]:].bool() if am is not None else torch.ones(z.shape[:2], dtype=torch.bool)
-                        mean = z[real.to(z.device)].mean(0)
-                    new[:, :, heads] = mean[heads]
-                return _select(ctx, self.positions, new, z)
-            return fn
+    def fill(self, l, z, ctx):
+        """[n_heads, d_head] values that replace ablated heads' z (None for zeros)."""
+        if self.mode == "zero":
+            return None
+        if self._means is not None:
+            return self._means[l].to(z)
+        am = ctx.info.attention_mask
+        real = am[:, -z.shape[1]:].bool() if am is not None else torch.ones(z.shape[:2], dtype=torch.bool)
+        return z[real.to(z.device)].mean(0)
 
-        return [(f"blocks.{l}.attn.hook_z", make(l, hs)) for l, hs in by_layer.items()]
+
+class HeadEdit:
+    """The hook_z edit of `ablate_heads` at one layer. As a hook function it edits z;
+    `plan` states the same edit as the fused o_proj kernel's arguments (per-head scale,
+    fill, where), so on CUDA the runtime runs o_proj and the ablation as one kernel."""
+
+    def __init__(self, iv, layer, heads, n_heads):
+        self.iv, self.layer, self.heads = iv, layer, heads
+        self.scale = torch.ones(n_heads)  # on the CPU: the kernel picks its path without a device sync
+        self.scale[heads] = 0
+
+    def plan(self, z, ctx):
+        return self.scale, self.iv.fill(self.layer, z, ctx), position_and_rows(ctx, self.iv.positions, z)
+
+    def __call__(self, z, ctx):
+        new = z.clone()
+        fill = self.iv.fill(self.layer, z, ctx)
+        new[:, :, self.heads] = 0 if fill is None else fill[self.heads]
+        return _select(ctx, self.iv.positions, new, z)
 
 
 class ablate_neurons(Intervention):
@@ -152,15 +169,25 @@ class ablate_neurons(Intervention):
                 raise VerilensError(f"ablate_neurons: neuron indices {bad[:5]} out of range (d_mlp = {cfg.d_mlp}) in layer {l}")
 
     def hooks(self, model):
-        def make(idx):
-            idx_t = torch.tensor(idx)
+        return [(f"blocks.{l}.mlp.hook_post", NeuronEdit(self, idx, model.cfg.d_mlp)) for l, idx in self.neurons.items()]
 
-            def fn(x, ctx):
-                new = x.clone()
-                new[..., idx_t.to(x.device)] = self.value
-                return _select(ctx, self.positions, new, x)
-            return fn
-        return [(f"blocks.{l}.mlp.hook_post", make(idx)) for l, idx in self.neurons.items()]
+
+class NeuronEdit:
+    """The mlp.hook_post edit of `ablate_neurons` at one layer; `plan` states it as the
+    fused GLU kernel's arguments (neuron scale, fill, where), like HeadEdit."""
+
+    def __init__(self, iv, idx, d_mlp):
+        self.iv, self.idx = iv, torch.tensor(idx)
+        self.scale = torch.ones(d_mlp)
+        self.scale[self.idx] = 0
+
+    def plan(self, x, ctx):
+        return self.scale, self.iv.value, position_and_rows(ctx, self.iv.positions, x)
+
+    def __call__(self, x, ctx):
+        new = x.clone()
+        new[..., self.idx.to(x.device)] = self.iv.value
+        return _select(ctx, self.iv.positions, new, x)
 
 
 def _per_layer(vectors, layers, d_model, what):
@@ -306,16 +333,27 @@ class Active:
         return out
 
     def _gated(self, fn):
-        when = self.when
+        return Gated(self.when, fn)
 
-        def gated(x, ctx):
-            rows = when.rows(ctx.info.input_ids)
-            if not bool(rows.any()):
-                return None
-            prev = ctx.info.rows
-            ctx.info.rows = rows if prev is None else (prev & rows)
-            try:
-                return fn(x, ctx)
-            finally:
-                ctx.info.rows = prev
-        return gated
+
+class Gated:
+    """A hook function (or edit) that acts only on the rows where the trigger fires."""
+
+    def __init__(self, when, fn):
+        self.when, self.fn = when, fn
+        if hasattr(fn, "plan"):
+            self.plan = lambda x, ctx: self._with_rows(ctx, fn.plan, x)
+
+    def _with_rows(self, ctx, f, x):
+        rows = self.when.rows(ctx.info.input_ids)
+        if not bool(rows.any()):
+            return None
+        prev = ctx.info.rows
+        ctx.info.rows = rows if prev is None else (prev & rows)
+        try:
+            return f(x, ctx)
+        finally:
+            ctx.info.rows = prev
+
+    def __call__(self, x, ctx):
+        return self._with_rows(ctx, self.fn, x)

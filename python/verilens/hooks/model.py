@@ -58,6 +58,10 @@ class HookedModel:
         self.cfg = _config_of(hf_model)
         self._context_hooks: list = []
         self._active: list[Active] = []
+        # Fused kernels for head and neuron ablations (verilens.ops): "auto" uses them on
+        # CUDA (Triton), "triton" always (CPU tensors need TRITON_INTERPRET=1: for tests),
+        # "off" never; without them the edit is a hook on z / the GLU activation.
+        self.kernels = "auto"
         params = inspect.signature(hf_model.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
         if tokenizer is not None and tokenizer.pad_token is None:

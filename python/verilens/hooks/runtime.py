@@ -17,6 +17,21 @@ from ..errors import VerilensError
 from .names import parse_name
 
 READ_ONLY = ("attn.hook_pattern", "attn.hook_result")
+KERNELS = ("auto", "triton", "off")
+
+
+class _Restore:
+    """A handle that undoes a forward override (like a hook handle's `remove`)."""
+
+    def __init__(self, module):
+        # accelerate (device_map) also overrides forward per instance: keep theirs
+        self.module, self.previous = module, module.__dict__.get("forward")
+
+    def remove(self):
+        if self.previous is None:
+            self.module.__dict__.pop("forward", None)
+        else:
+            self.module.forward = self.previous
 
 
 @dataclass
@@ -93,6 +108,25 @@ class HookSession:
     def wants(self, name):
         return name in self.by_name
 
+    def _fusable(self, name, weight):
+        """The single planned edit at `name` when the fused kernel should run it, else None."""
+        fns = self.by_name.get(name, ())
+        mode = self.model.kernels
+        if mode not in KERNELS:
+            raise VerilensError(f"model.kernels must be one of {', '.join(KERNELS)}, got {mode!r}")
+        if len(fns) != 1 or not hasattr(fns[0], "plan") or mode == "off":
+            return None
+        if mode == "auto":
+            from ..ops import triton_available
+
+            if not (weight.is_cuda and triton_available()):
+                return None
+        return fns[0]
+
+    def _override(self, module, forward):
+        self.handles.append(_Restore(module))
+        module.forward = forward  # an instance attribute: nn.Module.__call__ runs it, hooks included
+
     # -- installation ----------------------------------------------------------------
     def __enter__(self):
         try:
@@ -163,7 +197,10 @@ class HookSession:
         if "attn.hook_pattern" in points:
             self._install_pattern(l, attn)
 
-        if "attn.hook_z" in points or "attn.hook_result" in points:
+        fused_z = self._fusable(n("attn.hook_z"), attn.o_proj.weight)
+        if fused_z is not None:
+            self._override(attn.o_proj, self._fused_o_proj(l, attn.o_proj, fused_z))
+        elif "attn.hook_z" in points or "attn.hook_result" in points:
             def o_pre(mod, args, kwargs):
                 x = _first_arg(args, kwargs, "input")
                 b, p, _ = x.shape
@@ -193,7 +230,10 @@ class HookSession:
         for point, mod in (("mlp.hook_pre", mlp.gate_proj), ("mlp.hook_pre_linear", mlp.up_proj)):
             if point in points:
                 self._post(mod, lambda _m, a, k, out, point=point: self._apply(n(point), l, out))
-        if "mlp.hook_post" in points:
+        fused_glu = self._fusable(n("mlp.hook_post"), mlp.down_proj.weight)
+        if fused_glu is not None and self.model.cfg.act_fn == "silu":
+            self._override(mlp, self._fused_mlp(l, mlp, fused_glu))
+        elif "mlp.hook_post" in points:
             def down_pre(mod, args, kwargs):
                 x = _first_arg(args, kwargs, "input")
                 new = self._apply(n("mlp.hook_post"), l, x)
@@ -210,6 +250,41 @@ class HookSession:
                 if new is not x:
                     return (new,) + tuple(out[1:]) if is_tuple else new
             self._post(block, layer_post)
+
+    def _fused_o_proj(self, l, o_proj, edit):
+        """o_proj with the head edit (and hook_result, if asked for) in one kernel."""
+        from ..ops import head_masked_o_proj
+
+        H, dh = self.model.cfg.n_heads, self.model.cfg.d_head
+        name, result_name = f"blocks.{l}.attn.hook_z", f"blocks.{l}.attn.hook_result"
+
+        def forward(x):
+            b, p, _ = x.shape
+            plan = edit.plan(x.view(b, p, H, dh), HookContext(name, l, self.info))
+            scale, fill, where = plan if plan is not None else (None, None, None)
+            want = self.wants(result_name)
+            positions = (self.info.positions if self.info.positions is not None else "all") if want else None
+            out, result = head_masked_o_proj(x, o_proj.weight, o_proj.bias, n_heads=H, scale=scale, fill=fill,
+                                             where=where, result_positions=positions, backend="triton")
+            if want:
+                self._apply(result_name, l, result, writable=False)
+            return out
+        return forward
+
+    def _fused_mlp(self, l, mlp, edit):
+        """down_proj(SiLU(gate) * up) with the neuron edit fused into the GLU kernel; the
+        gate/up/down modules still run as modules, so their hooks fire."""
+        from ..ops import masked_glu
+
+        name = f"blocks.{l}.mlp.hook_post"
+
+        def forward(x):
+            gate, up = mlp.gate_proj(x), mlp.up_proj(x)
+            plan = edit.plan(gate, HookContext(name, l, self.info))
+            scale, fill, where = plan if plan is not None else (None, None, None)
+            act, _ = masked_glu(gate, up, scale=scale, fill=fill, where=where, backend="triton")
+            return mlp.down_proj(act)
+        return forward
 
     def _install_pattern(self, l, attn):
         """Attention rows for the query positions asked for, from q and k, without
