@@ -95,7 +95,7 @@ def generate(model, input, max_new_tokens=64, do_sample=False, temperature=1.0, 
         base_hooks = list(model._context_hooks)
         if plain:
             logits = model._run(step_ids, None, base_hooks + model._active_hooks() + cache_hooks(store),
-                                positions=last_pos, kv=kv, past=past, use_cache=True, full_mask=full_mask)[:, -1]
+                                positions=last_pos, kv=kv, past=past, use_cache=True, full_mask=full_mask, last_logits_only=True)[:, -1]
             store_steps.append(store)
             return logits
         firing = torch.zeros(b, dtype=torch.bool, device=ids.device)
@@ -106,10 +106,10 @@ def generate(model, input, max_new_tokens=64, do_sample=False, temperature=1.0, 
         if firing.any() and all(a.scope == "last" for a in actives):
             istore = {}
             inter = model._run(step_ids, None, base_hooks + model._active_hooks() + cache_hooks(istore),
-                               positions=last_pos, kv=kv, past=past, use_cache=True, full_mask=full_mask)[:, -1]
+                               positions=last_pos, kv=kv, past=past, use_cache=True, full_mask=full_mask, last_logits_only=True)[:, -1]
             kv.crop(-step_ids.shape[1])  # drop the intervened keys/values again
         logits = model._run(step_ids, None, base_hooks + cache_hooks(store), positions=last_pos, kv=kv, past=past,
-                            use_cache=True, full_mask=full_mask)[:, -1]
+                            use_cache=True, full_mask=full_mask, last_logits_only=True)[:, -1]
         if firing.any():
             if inter is None:
                 rows = firing.nonzero()[:, 0]
@@ -117,7 +117,7 @@ def generate(model, input, max_new_tokens=64, do_sample=False, temperature=1.0, 
                 sub_ids, sub_mask = full_ids[rows], full_mask[rows]
                 sub_last = torch.full((len(rows), 1), sub_ids.shape[1] - 1, dtype=torch.long, device=ids.device)
                 sub = model._run(sub_ids, sub_mask, base_hooks + model._active_hooks() + cache_hooks(istore, rows),
-                                 positions=sub_last)[:, -1]
+                                 positions=sub_last, last_logits_only=True)[:, -1]
                 logits = logits.clone()
                 logits[rows] = sub
             else:

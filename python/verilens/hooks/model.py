@@ -230,7 +230,8 @@ class HookedModel:
             out += a.hooks(self, gate=gate)
         return out
 
-    def _run(self, ids, mask, hooks, positions=None, kv=None, past=0, use_cache=False, full_mask=None):
+    def _run(self, ids, mask, hooks, positions=None, kv=None, past=0, use_cache=False, full_mask=None,
+             last_logits_only=False):
         info = PassInfo(batch=ids.shape[0], seq=ids.shape[1], past=past,
                         attention_mask=full_mask if full_mask is not None else mask, positions=positions,
                         input_ids=ids)
@@ -239,6 +240,8 @@ class HookedModel:
         kwargs = {"input_ids": ids, "attention_mask": attn_mask, "position_ids": pos_ids, "use_cache": use_cache}
         if kv is not None:
             kwargs[self._cache_kw] = kv
+        if last_logits_only:  # generation reads only the last position: skip the unembedding of the rest
+            kwargs["logits_to_keep"] = 1
         with HookSession(self, hooks) as session:
             session.info = info
             out = self.hf_model(**kwargs)
