@@ -9,7 +9,7 @@
 """
 from ._inputs import GeometryWarning
 from .correlation import DistanceCorrelation, MantelResult, distance_correlation, mantel
-from .emb2emb import Emb2EmbMap, fit_map, transfer
+from .emb2emb import Emb2EmbMap, fit_map, heldout_r2, transfer
 from .local import (IntrinsicDimension, LLEAgreement, intrinsic_dimension, knn, knn_overlap,
                     lle_agreement, lle_weights)
 from .models import EmbeddingSource, load_embeddings
@@ -17,7 +17,7 @@ from .vocab import SharedVocab, shared_vocab
 
 __all__ = [
     "DistanceCorrelation", "Emb2EmbMap", "EmbeddingSource", "GeometryWarning", "IntrinsicDimension",
-    "LLEAgreement", "MantelResult", "SharedVocab", "distance_correlation", "fit_map",
+    "LLEAgreement", "MantelResult", "SharedVocab", "distance_correlation", "fit_map", "heldout_r2",
     "intrinsic_dimension", "knn", "knn_overlap", "lle_agreement", "lle_weights", "load_embeddings",
     "mantel", "shared_vocab", "transfer",
 ]

@@ -63,6 +63,24 @@ def fit_map(E_a, E_b, alpha: float = 1.0, center: bool = True) -> Emb2EmbMap:
     return Emb2EmbMap(W, mu_a, mu_b, float(alpha), r2, A.shape[0])
 
 
+def heldout_r2(E_a, E_b, alpha: float = 1.0, test_fraction: float = 0.2, seed: int = 0) -> float:
+    """R² of the ridge map on rows it was not fitted on (a random `test_fraction` of them).
+    The fit-row R² (`Emb2EmbMap.r2`) says little when rows are few next to the width: with
+    fewer rows than dimensions any two unrelated matrices fit well."""
+    if not 0 < test_fraction < 1:
+        raise VerilensError(f"test_fraction must be in (0, 1), not {test_fraction!r}")
+    A, B = as_matrix(E_a, "E_a"), as_matrix(E_b, "E_b")
+    check_pair(A, B, min_rows=4)
+    perm = torch.as_tensor(np.random.default_rng(seed).permutation(A.shape[0]))
+    n_test = max(2, int(round(test_fraction * A.shape[0])))
+    test, fit = perm[:n_test], perm[n_test:]
+    m = fit_map(A[fit], B[fit], alpha=alpha)
+    Y = B[test].double().cpu()
+    resid = Y - transfer(A[test].double().cpu(), m, kind="point")
+    tot = float(((Y - Y.mean(0)) ** 2).sum())
+    return 1.0 - float((resid * resid).sum()) / tot if tot > 0 else float("nan")
+
+
 def transfer(vector, map: Emb2EmbMap, kind: str = "direction"):
     """Carry `vector` ([d_a] or [n, d_a]) from model A's space into model B's.
     Returns the same type (numpy / torch) and dtype as given, shape [d_b] or [n, d_b]."""
