@@ -193,48 +193,34 @@ def nns(model, data):
     return tool
 
 
-# ----------------------------------------------------------------------------- forward
+# ----------------------------------------------------------------------------- timed rows
 
-def test_forward_plain_hf(benchmark, model, data):
+TOOLS = ["plain_hf", "verilens", "transformerlens", "nnsight"]
+
+
+def _workload(request, model, data, tool, kind):
+    """(function, args) of one timed row; TL and nnsight come from their (skipping) fixtures."""
+    ids = data[0] if kind == "forward" else data[1]
+    if tool in ("transformerlens", "nnsight"):
+        t = request.getfixturevalue("tl" if tool == "transformerlens" else "nns")
+        return getattr(t, kind), (ids,)
+    fn = {("plain_hf", "forward"): hf_forward, ("verilens", "forward"): verilens_forward,
+          ("plain_hf", "generate"): hf_generate, ("verilens", "generate"): verilens_generate}[tool, kind]
+    return fn, (model, ids)
+
+
+@pytest.mark.parametrize("tool", TOOLS)
+def test_forward(benchmark, request, model, data, tool):
     benchmark.group = "forward 8x256: cache resid_post at 2 positions, ablate 3 heads"
-    benchmark.pedantic(hf_forward, args=(model, data[0]), rounds=5, warmup_rounds=1)
+    fn, args = _workload(request, model, data, tool, "forward")
+    benchmark.pedantic(fn, args=args, rounds=5, warmup_rounds=1)
 
 
-def test_forward_verilens(benchmark, model, data):
-    benchmark.group = "forward 8x256: cache resid_post at 2 positions, ablate 3 heads"
-    benchmark.pedantic(verilens_forward, args=(model, data[0]), rounds=5, warmup_rounds=1)
-
-
-def test_forward_transformerlens(benchmark, tl, data):
-    benchmark.group = "forward 8x256: cache resid_post at 2 positions, ablate 3 heads"
-    benchmark.pedantic(tl.forward, args=(data[0],), rounds=5, warmup_rounds=1)
-
-
-def test_forward_nnsight(benchmark, nns, data):
-    benchmark.group = "forward 8x256: cache resid_post at 2 positions, ablate 3 heads"
-    benchmark.pedantic(nns.forward, args=(data[0],), rounds=5, warmup_rounds=1)
-
-
-# ----------------------------------------------------------------------------- generate
-
-def test_generate_plain_hf(benchmark, model, data):
+@pytest.mark.parametrize("tool", TOOLS)
+def test_generate(benchmark, request, model, data, tool):
     benchmark.group = "generate 4x64 greedy, KV cache, trigger ablation"
-    benchmark.pedantic(hf_generate, args=(model, data[1]), rounds=3, warmup_rounds=1)
-
-
-def test_generate_verilens(benchmark, model, data):
-    benchmark.group = "generate 4x64 greedy, KV cache, trigger ablation"
-    benchmark.pedantic(verilens_generate, args=(model, data[1]), rounds=3, warmup_rounds=1)
-
-
-def test_generate_transformerlens(benchmark, tl, data):
-    benchmark.group = "generate 4x64 greedy, KV cache, trigger ablation"
-    benchmark.pedantic(tl.generate, args=(data[1],), rounds=3, warmup_rounds=1)
-
-
-def test_generate_nnsight(benchmark, nns, data):
-    benchmark.group = "generate 4x64 greedy, KV cache, trigger ablation"
-    benchmark.pedantic(nns.generate, args=(data[1],), rounds=3, warmup_rounds=1)
+    fn, args = _workload(request, model, data, tool, "generate")
+    benchmark.pedantic(fn, args=args, rounds=3, warmup_rounds=1)
 
 
 # ----------------------------------------------------------------------------- peak memory
