@@ -60,6 +60,8 @@ def test_eval_bar_on_unseen_problems(tiny):
     for pos, v in m["verdict_agreement_by_position"].items():
         if v["attempts"] >= 20:
             assert v["agreement"] >= 0.95, (pos, v)
+    for kind, v in m["forced_verdicts"].items():  # the verdict follows the comparison, also on wrong claims
+        assert v["accuracy"] >= 0.95, (kind, v)
 
 
 def test_generations_parse_with_markers_on_paren_tokens(tiny):
@@ -72,3 +74,32 @@ def test_generations_parse_with_markers_on_paren_tokens(tiny):
             if a.marker is not None:
                 i = char_to_token(tiny.tokenizer, g, a.marker)
                 assert tiny.tokenizer.decode(tiny.tokenizer.encode(g, add_special_tokens=False)[i]) == " ("
+
+
+def test_forced_verdicts_read_the_verdict_token_after_each_marker(tiny):
+    """forced_verdicts scores the logits at the " (" of every attempt of the synthetic
+    traces: recompute one trace by hand and compare."""
+    import random
+
+    from verilens.countdown.synth import trace_and_slips
+    from verilens.models.evaluate import forced_verdicts
+
+    ps = generate_problems(6, seed=4, split="test")
+    got = forced_verdicts(tiny.hf_model, tiny.tokenizer, ps, seed=11)
+    rng, ok, seen = random.Random(11), {}, {}
+    this, not_ = tiny.tokenizer.convert_tokens_to_ids(["this", "not"])
+    for p in ps:
+        text, _ = trace_and_slips(p, rng, p_slip=0.5, p_final_slip=0.3)
+        ids = tiny.to_tokens(prompt(p) + text)
+        logits = tiny(ids)[0]
+        for a in parse_trace(text, p.target):
+            i = len(tiny.tokenizer.encode(prompt(p) + text[: a.marker], add_special_tokens=False))
+            assert tiny.to_string(ids[0, i]) == " ("
+            kind = "honest" if a.claimed == a.value else ("target_claims_wrong" if a.hits_target else "other_claims_wrong")
+            seen[kind] = seen.get(kind, 0) + 1
+            ok[kind] = ok.get(kind, 0) + (bool(logits[i, this] > logits[i, not_]) == a.hits_target)
+    assert sum(seen.values()) > 10
+    for kind, v in got.items():
+        assert v["attempts"] == seen.get(kind, 0)
+        if seen.get(kind):
+            assert v["accuracy"] == pytest.approx(ok[kind] / seen[kind])

@@ -8,7 +8,12 @@ training), parsed into attempts. Metrics:
   claimed value equals the target, also broken down by attempt position (1 = first),
   so a positional shortcut would show;
 - arithmetic_accuracy: attempts whose every "=" segment equals the expression's value;
-- solve_rate: generations with reward 1.0; mean_reward: TinyZero's reward."""
+- solve_rate: generations with reward 1.0; mean_reward: TinyZero's reward;
+- forced_verdicts: the verdict the model gives, teacher forced, on synthetic traces of
+  the same problems whose claimed values are sometimes wrong on purpose (a wrong
+  computation that claims the target, near misses). Greedy agreement alone cannot tell a
+  model that compares its claim with the target from one whose verdict follows what it
+  meant to write; on wrong claims only the comparison gets the verdict right."""
 from __future__ import annotations
 
 from collections import defaultdict
@@ -17,6 +22,7 @@ import torch
 
 from ..countdown import generate_problems, parse_trace, prompt, reward
 from ..countdown.reward import extract_solution
+from ..countdown.synth import trace_and_slips
 
 
 @torch.no_grad()
@@ -84,6 +90,36 @@ def score_generations(problems, generations, template="base") -> dict:
     }
 
 
+@torch.no_grad()
+def forced_verdicts(model, tokenizer, problems, seed=0, template="base", p_slip=0.5, p_final_slip=0.3) -> dict:
+    """Teacher-forced verdict accuracy ("this" vs "not" after each attempt's " (") on
+    synthetic traces of `problems`, by kind of claimed value: `target_claims_wrong`
+    (a wrong computation that claims the target: the verdict must be "this works"),
+    `other_claims_wrong` (a wrong value that misses the target: "not"), `honest` (the
+    claimed value is the expression's value). Counts beside each accuracy."""
+    import random
+
+    rng = random.Random(seed)
+    this, not_ = (tokenizer.convert_tokens_to_ids(tokenizer.tokenize(t))[0] for t in ("this", "not"))
+    device = next(model.parameters()).device
+    ok, seen = defaultdict(int), defaultdict(int)
+    for p in problems:
+        head = prompt(p, template)
+        text, _ = trace_and_slips(p, rng, p_slip=p_slip, p_final_slip=p_final_slip)
+        enc = tokenizer(head + text, return_offsets_mapping=True, add_special_tokens=False)
+        logits = model(input_ids=torch.tensor([enc["input_ids"]], device=device)).logits[0]
+        token_at = {start: i for i, (start, _) in enumerate(enc["offset_mapping"])}
+        for a in parse_trace(text, p.target):
+            i = token_at.get(len(head) + a.marker)  # the " (" token; its logits give the verdict
+            if i is None:
+                continue
+            kind = "honest" if a.claimed == a.value else ("target_claims_wrong" if a.hits_target else "other_claims_wrong")
+            seen[kind] += 1
+            ok[kind] += bool(logits[i, this] > logits[i, not_]) == a.hits_target
+    return {k: {"accuracy": ok[k] / seen[k] if seen[k] else None, "attempts": seen[k]}
+            for k in ("target_claims_wrong", "other_claims_wrong", "honest")}
+
+
 def evaluate(loaded, n=500, seed=0, template="base", max_new_tokens=400, batch_size=50, progress=True,
              return_generations=False):
     """Generate on `n` test-split problems and score them (see module doc)."""
@@ -91,6 +127,7 @@ def evaluate(loaded, n=500, seed=0, template="base", max_new_tokens=400, batch_s
     gens = generate(loaded.hf_model, loaded.tokenizer, [prompt(p, template) for p in problems],
                     max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)
     metrics = {"model": loaded.name, "seed": seed, "template": template, **score_generations(problems, gens, template)}
+    metrics["forced_verdicts"] = forced_verdicts(loaded.hf_model, loaded.tokenizer, problems, seed, template)
     if return_generations:
         return metrics, problems, gens
     return metrics

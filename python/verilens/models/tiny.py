@@ -45,6 +45,9 @@ class TinySpec:
     # share of traces whose solution is first written with a wrong claimed value ("(not ...)"):
     # the line that ends the search must not be recognisable before its claimed value
     p_final_slip: float = 0.3
+    # share of failed attempts drawn as near misses (value close to the target) whose claimed
+    # value is trained; near-miss claims that are not trained come from p_slip
+    p_near: float = 0.3
 
 
 def qwen2_config(spec: TinySpec, tokenizer):
@@ -68,10 +71,12 @@ def qwen2_config(spec: TinySpec, tokenizer):
     )
 
 
-def training_texts(problems, rng: random.Random, p_chain: float = 0.2, p_slip: float = 0.1, p_final_slip: float = 0.0):
+def training_texts(problems, rng: random.Random, p_chain: float = 0.2, p_slip: float = 0.1, p_final_slip: float = 0.0,
+                   p_near: float = 0.3):
     """(prompt, response, slip spans) with fresh synthetic traces."""
     for p in problems:
-        yield (prompt(p), *trace_and_slips(p, rng, p_chain=p_chain, p_slip=p_slip, p_final_slip=p_final_slip))
+        yield (prompt(p), *trace_and_slips(p, rng, p_chain=p_chain, p_slip=p_slip, p_final_slip=p_final_slip,
+                                           p_near=p_near))
 
 
 def encode_example(tokenizer, prompt_text: str, response: str, verdict_weight: float = 1.0, slips=()):
