@@ -445,3 +445,20 @@ def test_icl_prompt():
     assert icl_prompt(p, shots=0) == prompt(p)
     with pytest.raises(VerilensError):
         icl_prompt(p, shots=-1)
+
+
+def test_p_slip_target_sets_how_often_a_wrong_claim_is_the_target():
+    problems = generate_problems(60, seed=13)
+    for share in (0.0, 0.5, 1.0):
+        hits = wrong = 0
+        for i, p in enumerate(problems):
+            for a in parse_trace(write_trace(p, i, p_slip=1.0, p_slip_target=share), p.target):
+                if a.claimed != a.value:  # a slipped claim
+                    wrong += 1
+                    hits += a.hits_target
+                    assert (a.verdict == "valid") == a.hits_target  # the verdict follows the claim
+        assert wrong > 20
+        if share in (0.0, 1.0):
+            assert hits / wrong == share
+        else:
+            assert 0.35 < hits / wrong < 0.65

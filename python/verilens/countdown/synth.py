@@ -95,7 +95,8 @@ def _attempt_line(expr: str, segments: list[str], target: int, valid: bool) -> s
     return "- " + " = ".join([expr] + segments) + " " + verdict
 
 
-def _failed_attempt(problem: Problem, rng: random.Random, p_slip: float, p_near: float, p_chain: float):
+def _failed_attempt(problem: Problem, rng: random.Random, p_slip: float, p_near: float, p_chain: float,
+                    p_slip_target: float = 0.3):
     """(expression, segments, claimed, slip) of an attempt that does not reach the target,
     unless it slips (`p_slip`: the claimed value is wrong, see `_slip_claim`); a slip
     that claims the target gets "(this works)", as in the published traces."""
@@ -119,20 +120,22 @@ def _failed_attempt(problem: Problem, rng: random.Random, p_slip: float, p_near:
             segments = chain_steps(tree)[:-1]
         claimed, slip = value, rng.random() < p_slip
         if slip:
-            claimed = _slip_claim(problem, value, rng)
+            claimed = _slip_claim(problem, value, rng, p_slip_target)
         segments = segments + [format_number(claimed)]
         return expr, segments, claimed, slip
     return None
 
 
-def _slip_claim(problem: Problem, value: Fraction, rng: random.Random) -> Fraction:
+def _slip_claim(problem: Problem, value: Fraction, rng: random.Random, p_target: float = 0.3) -> Fraction:
     """A wrong claimed value, chosen to make the verdict hard to get without comparing
-    every digit with the target: the target itself, values one digit away from it or
-    with its digits swapped, one off, one of the problem's numbers, or a small slip."""
+    every digit with the target: the target itself (with probability `p_target`), else
+    values one digit away from it or with its digits swapped, one off, one of the
+    problem's numbers, or a small slip."""
     t = problem.target
     r = rng.random()
-    if r < 0.3:
+    if r < p_target:
         return Fraction(t)  # a wrong computation that claims the target
+    r = 0.3 + 0.7 * (r - p_target) / (1 - p_target)  # the rest of [0, 1) onto the other kinds, as before
     if r < 0.55:
         return Fraction(_digit_neighbour(t, rng))
     if r < 0.7:
@@ -170,10 +173,11 @@ def write_trace(
     p_near: float = 0.3,
     p_chain: float = 0.2,
     p_final_slip: float = 0.0,
+    p_slip_target: float = 0.3,
 ) -> str:
     """The model's response to `prompt(problem)`: starts with " We have the numbers"
     (the prompt ends in "<think>") and ends with the <answer> line."""
-    return trace_and_slips(problem, rng, max_failed, p_slip, p_near, p_chain, p_final_slip)[0]
+    return trace_and_slips(problem, rng, max_failed, p_slip, p_near, p_chain, p_final_slip, p_slip_target)[0]
 
 
 def trace_and_slips(
@@ -184,6 +188,7 @@ def trace_and_slips(
     p_near: float = 0.3,
     p_chain: float = 0.2,
     p_final_slip: float = 0.0,
+    p_slip_target: float = 0.3,
 ) -> tuple[str, list[tuple[int, int]]]:
     """`write_trace`'s text and the character spans of its slipped claimed values.
 
@@ -191,7 +196,8 @@ def trace_and_slips(
     misses) and learns the verdict that follows them, without learning to make them.
     `p_final_slip`: the chance that the solution is first written with a wrong claimed
     value (so "(not ...)", and the search goes on), then again correctly: the line that
-    ends the search is then not recognisable before its claimed value is."""
+    ends the search is then not recognisable before its claimed value is. `p_slip_target`:
+    the share of wrong claimed values that claim the target."""
     if not isinstance(rng, random.Random):
         rng = random.Random(rng)
     t = problem.target
@@ -204,7 +210,7 @@ def trace_and_slips(
     n_failed = rng.choices(range(len(weights)), weights=weights)[0]
     final_expr = None
     for _ in range(n_failed):
-        att = _failed_attempt(problem, rng, p_slip, p_near, p_chain)
+        att = _failed_attempt(problem, rng, p_slip, p_near, p_chain, p_slip_target)
         if att is None:
             continue
         expr, segments, claimed, slip = att

@@ -48,6 +48,9 @@ class TinySpec:
     # share of failed attempts drawn as near misses (value close to the target) whose claimed
     # value is trained; near-miss claims that are not trained come from p_slip
     p_near: float = 0.3
+    # share of the wrong claimed values that claim the target (a wrong computation that
+    # "works"): the verdict "this works" after a line that was not meant to end the search
+    p_slip_target: float = 0.3
 
 
 def qwen2_config(spec: TinySpec, tokenizer):
@@ -72,11 +75,11 @@ def qwen2_config(spec: TinySpec, tokenizer):
 
 
 def training_texts(problems, rng: random.Random, p_chain: float = 0.2, p_slip: float = 0.1, p_final_slip: float = 0.0,
-                   p_near: float = 0.3):
+                   p_near: float = 0.3, p_slip_target: float = 0.3):
     """(prompt, response, slip spans) with fresh synthetic traces."""
     for p in problems:
         yield (prompt(p), *trace_and_slips(p, rng, p_chain=p_chain, p_slip=p_slip, p_final_slip=p_final_slip,
-                                           p_near=p_near))
+                                           p_near=p_near, p_slip_target=p_slip_target))
 
 
 def encode_example(tokenizer, prompt_text: str, response: str, verdict_weight: float = 1.0, slips=()):

@@ -32,7 +32,8 @@ def _group_batches(spec, problems, tokenizer, group: int):
     rng = random.Random(spec.seed * 1_000_003 + group)
     chosen = [problems[rng.randrange(len(problems))] for _ in range(GROUP * spec.batch_size)]
     examples = [encode_example(tokenizer, p, r, spec.verdict_weight, slips)
-                for p, r, slips in training_texts(chosen, rng, spec.p_chain, spec.p_slip, spec.p_final_slip, spec.p_near)]
+                for p, r, slips in training_texts(chosen, rng, spec.p_chain, spec.p_slip, spec.p_final_slip, spec.p_near,
+                                                             spec.p_slip_target)]
     examples.sort(key=lambda e: len(e[0]))
     batches = [examples[i * spec.batch_size : (i + 1) * spec.batch_size] for i in range(GROUP)]
     rng.shuffle(batches)
