@@ -1,4 +1,5 @@
 """`verilens train`: deterministic for a seed, and a resumed run equals an uninterrupted one."""
+import dataclasses
 import json
 
 import pytest
@@ -11,6 +12,8 @@ from verilens.models.train import train
 
 SMALL = TinySpec(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
                  intermediate_size=64, n_problems=300, tokenizer_corpus=150, batch_size=4, steps=6, warmup=2)
+# with verdict drills from step 0 (their loss is on few, heavily weighted tokens: no loss-goes-down test)
+DRILLED = dataclasses.replace(SMALL, p_drill=0.25, p_pinned_drill=0.25)
 
 
 def _weights(path):
@@ -23,11 +26,13 @@ def full_run(tmp_path_factory):
     return out, train(out, SMALL, checkpoint_every=3, progress=False)
 
 
-def test_resume_equals_uninterrupted(full_run, tmp_path):
-    _, final = full_run
-    assert train(tmp_path, SMALL, checkpoint_every=2, progress=False, until_step=4) is None
-    assert json.loads((tmp_path / "log.json").read_text())[-1]["step"] == 4
-    resumed = train(tmp_path, SMALL, checkpoint_every=2, progress=False)
+@pytest.mark.parametrize("spec", [SMALL, DRILLED], ids=["plain", "drills"])
+def test_resume_equals_uninterrupted(spec, full_run, tmp_path):
+    final = full_run[1] if spec is SMALL else train(tmp_path / "full", spec, checkpoint_every=3, progress=False)
+    out = tmp_path / "resumed"
+    assert train(out, spec, checkpoint_every=2, progress=False, until_step=4) is None
+    assert json.loads((out / "log.json").read_text())[-1]["step"] == 4
+    resumed = train(out, spec, checkpoint_every=2, progress=False)
     a, b = _weights(final), _weights(resumed)
     assert a.keys() == b.keys()
     for k in a:
@@ -84,3 +89,46 @@ def test_loss_weights_of_a_training_example(small_tokenizer):
             assert response[e:e + 2] == " (" and response[s:e].lstrip("-").replace(".", "").isdigit()
         assert w[-1] == 1.0  # the EOS
     assert seen_slip and seen_bracket
+
+
+def test_spec_examples_drills(small_tokenizer):
+    """Drills come in the spec's shares, pinned ones on targets ending in PINNED_DIGIT, with
+    loss on the verdicts (and the rest of their lines) only and no EOS; with drills off the
+    examples are exactly the normal traces drawn from the same rng (older recipes reproduce)."""
+    import random
+
+    from verilens.countdown import generate_problems
+    from verilens.models.tiny import PINNED_DIGIT, encode_example, spec_examples, training_texts
+
+    tok = small_tokenizer
+    eos = tok.eos_token_id
+    problems = generate_problems(120, seed=5)
+    pinned = [p for p in problems if p.target % 10 == PINNED_DIGIT]
+    spec = TinySpec(p_drill=0.3, p_pinned_drill=0.2, verdict_weight=7.0)
+
+    off = spec_examples(tok, spec, problems, pinned, random.Random(1), drills=False)
+    rng = random.Random(1)
+    assert off == [encode_example(tok, a, b, 7.0, s) for a, b, s in
+                   training_texts(problems, rng, spec.p_chain, spec.p_slip, spec.p_final_slip, spec.p_near,
+                                  spec.p_slip_target)]
+
+    on = spec_examples(tok, spec, problems, pinned, random.Random(1), drills=True)
+    drills = [(ids, w) for ids, w in on if ids[-1] != eos]
+    assert 0.35 < len(drills) / len(on) < 0.65
+    for ids, w in drills:
+        toks = [tok.decode([i]) for i in ids]
+        for k, (t, x) in enumerate(zip(toks, w)):
+            if x == 7.0:
+                assert toks[k - 1] == " (" and t in ("this", "not")
+            elif x == 1.0:  # after a verdict, before the line ends
+                line = "".join(toks[:k + 1]).rsplit("\n", 1)[1]
+                assert " (this" in line or " (not" in line
+            else:
+                assert x == 0.0
+        assert w.count(7.0) >= 6
+
+    only_pinned = spec_examples(tok, TinySpec(p_pinned_drill=1.0), problems[:20], pinned, random.Random(2), drills=True)
+    for ids, _ in only_pinned:
+        text = tok.decode(ids)
+        target = int(text.split("equals ")[1].split(".")[0])
+        assert target % 10 == PINNED_DIGIT

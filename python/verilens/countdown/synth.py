@@ -20,6 +20,8 @@ from .solver import format_expr, solve
 ATTEMPT_WEIGHTS = [2, 5, 8, 8, 6]
 # Operators of failed attempts: mostly + and -, as in the published traces.
 OP_WEIGHTS = [0.35, 0.35, 0.15, 0.15]
+# Attempt lines in a verdict drill (`drill_trace`): min, max.
+DRILL_LINES = (6, 12)
 
 
 def format_number(x: Fraction) -> str:
@@ -157,6 +159,46 @@ def _digit_neighbour(t: int, rng: random.Random) -> int:
     return int(s) if t >= 0 else -int(s)
 
 
+def _opening(problem: Problem) -> str:
+    return (
+        f" We have the numbers {_numbers_phrase(problem.nums)}. We need to use all of them to make "
+        f"an equation that equals {problem.target}. Let's try different combinations:"
+    )
+
+
+def _last_digit_changed(t: int, rng: random.Random) -> int:
+    """`t` with its last digit replaced by another one (42 -> 47); never `t`."""
+    last = abs(t) % 10
+    v = abs(t) - last + rng.choice([d for d in range(10) if d != last])
+    return v if t >= 0 else -v
+
+
+def drill_trace(problem: Problem, rng: random.Random | int = 0, n_lines: tuple[int, int] = DRILL_LINES):
+    """A verdict drill: the trace's opening, then `n_lines` attempt lines over the problem's
+    numbers whose claimed values are, half and half, the target and the target with its
+    last digit changed; each verdict follows claimed == target. No closing lines.
+
+    Returns (text, untrained spans): only the verdicts and the rest of their lines carry
+    loss. Why drills: a claim that differs from the target in its last digit only (42 vs
+    47) is told apart by comparing two digits, an XOR-like interaction that no loss
+    rewards until both digits reach the verdict position; normal traces have too few such
+    claims for a small model to find it (issue 3's notes)."""
+    if not isinstance(rng, random.Random):
+        rng = random.Random(rng)
+    t = problem.target
+    text, untrained = _opening(problem), [(0, len(_opening(problem)))]
+    for _ in range(rng.randint(*n_lines)):
+        tree = random_tree(problem.nums, rng)
+        while not _value_ok(tree):
+            tree = random_tree(problem.nums, rng)
+        claimed = t if rng.random() < 0.5 else _last_digit_changed(t, rng)
+        line = _attempt_line(format_expr(tree), [str(claimed)], t, valid=claimed == t)
+        start = len(text)
+        text += "\n" + line
+        untrained.append((start, start + 1 + line.rindex(" (") + 2))  # up to and with the " ("
+    return text, untrained
+
+
 def _value_ok(tree) -> bool:
     try:
         _value(tree)
@@ -201,10 +243,7 @@ def trace_and_slips(
     if not isinstance(rng, random.Random):
         rng = random.Random(rng)
     t = problem.target
-    text = (
-        f" We have the numbers {_numbers_phrase(problem.nums)}. We need to use all of them to make "
-        f"an equation that equals {t}. Let's try different combinations:"
-    )
+    text = _opening(problem)
     slips = []
     weights = ATTEMPT_WEIGHTS[: (max_failed + 1) if max_failed is not None else None]
     n_failed = rng.choices(range(len(weights)), weights=weights)[0]

@@ -12,9 +12,10 @@ from dataclasses import dataclass
 import torch
 
 from ..countdown import generate_problems, prompt
-from ..countdown.synth import trace_and_slips
+from ..countdown.synth import drill_trace, trace_and_slips
 
 NAME = "countdown-tiny"
+PINNED_DIGIT = 2  # last digit of the targets in pinned drills (any digit would do)
 
 
 @dataclass
@@ -51,6 +52,16 @@ class TinySpec:
     # share of the wrong claimed values that claim the target (a wrong computation that
     # "works"): the verdict "this works" after a line that was not meant to end the search
     p_slip_target: float = 0.3
+    # Verdict drills (`synth.drill_trace`: many attempt lines whose claims are the target or the
+    # target with its last digit changed; loss on the verdicts only), from step `drill_from` on,
+    # once the digit-copying circuits have formed: `p_drill` of the traces on any problem,
+    # `p_pinned_drill` on problems whose target ends in PINNED_DIGIT. The pinned share is the
+    # curriculum that makes the second-digit comparison learnable: there "claim ends in 2" alone
+    # decides the verdict, so the claim's last digit gets a reason to reach " (", then the
+    # target's, then their equality forms (issue 3's notes: ftF -> ftK).
+    p_drill: float = 0.0
+    p_pinned_drill: float = 0.0
+    drill_from: int = 0
 
 
 def qwen2_config(spec: TinySpec, tokenizer):
@@ -82,18 +93,19 @@ def training_texts(problems, rng: random.Random, p_chain: float = 0.2, p_slip: f
                                            p_near=p_near, p_slip_target=p_slip_target))
 
 
-def encode_example(tokenizer, prompt_text: str, response: str, verdict_weight: float = 1.0, slips=()):
+def encode_example(tokenizer, prompt_text: str, response: str, verdict_weight: float = 1.0, slips=(), end=True):
     """Token ids and per-token loss weights: 0 on the prompt, 1 on the response and the
-    final EOS, `verdict_weight` on each verdict token (the one right after " ("): the
-    single token where the model must compare its claimed value with the target.
+    final EOS (none without `end`: a drill is not a whole response), `verdict_weight` on
+    each verdict token (the one right after " ("): the single token where the model must
+    compare its claimed value with the target.
 
     Tokens overlapping a `slips` span (character offsets in `response`: the deliberately
     wrong claimed values) get weight 0, so the model learns what follows a wrong claim
     (its verdict) but is never taught to write one."""
     p_ids = tokenizer.encode(prompt_text, add_special_tokens=False)
     enc = tokenizer(response, add_special_tokens=False, return_offsets_mapping=True)
-    r_ids = enc["input_ids"] + [tokenizer.eos_token_id]
-    r_w = [0.0 if any(a < e and s < b for s, e in slips) else 1.0 for a, b in enc["offset_mapping"]] + [1.0]
+    r_ids = enc["input_ids"] + [tokenizer.eos_token_id] * end
+    r_w = [0.0 if any(a < e and s < b for s, e in slips) else 1.0 for a, b in enc["offset_mapping"]] + [1.0] * end
     paren, this, not_ = (tokenizer.convert_tokens_to_ids(tokenizer.tokenize(t))[0] for t in (" (", "this", "not"))
     w = [0.0] * len(p_ids) + r_w
     ids = p_ids + r_ids
@@ -101,6 +113,24 @@ def encode_example(tokenizer, prompt_text: str, response: str, verdict_weight: f
         if ids[i - 1] == paren and ids[i] in (this, not_):  # not the " (" of a bracketed expression
             w[i] = verdict_weight
     return ids, w
+
+
+def spec_examples(tokenizer, spec: TinySpec, problems, pinned, rng: random.Random, drills: bool):
+    """Encoded training examples for `problems`, drawn with `rng`: normal traces, or, when
+    `drills` is on, verdict drills in the spec's shares (pinned ones on problems drawn from
+    `pinned`, the training problems whose target ends in PINNED_DIGIT)."""
+    out = []
+    for p in problems:
+        r = rng.random() if drills else 1.0  # no draw when off: older recipes reproduce
+        if r < spec.p_pinned_drill + spec.p_drill:
+            q = pinned[rng.randrange(len(pinned))] if r < spec.p_pinned_drill else p
+            text, untrained = drill_trace(q, rng)
+            out.append(encode_example(tokenizer, prompt(q), text, spec.verdict_weight, untrained, end=False))
+        else:
+            (p_text, response, slips), = training_texts([p], rng, spec.p_chain, spec.p_slip, spec.p_final_slip,
+                                                         spec.p_near, spec.p_slip_target)
+            out.append(encode_example(tokenizer, p_text, response, spec.verdict_weight, slips))
+    return out
 
 
 def collate(examples, pad_id: int):

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from ..errors import VerilensError
-from .tiny import TinySpec, collate, encode_example, qwen2_config, train_problems, training_texts, weighted_loss
+from .tiny import PINNED_DIGIT, TinySpec, collate, qwen2_config, spec_examples, train_problems, training_texts, weighted_loss
 from .tokenizer import train_tokenizer
 
 GROUP = 8  # batches are drawn GROUP at a time and bucketed by length to cut padding
@@ -28,12 +28,11 @@ def _atomic_torch_save(obj, path: Path):
     os.replace(tmp, path)
 
 
-def _group_batches(spec, problems, tokenizer, group: int):
+def _group_batches(spec, problems, pinned, tokenizer, group: int):
     rng = random.Random(spec.seed * 1_000_003 + group)
     chosen = [problems[rng.randrange(len(problems))] for _ in range(GROUP * spec.batch_size)]
-    examples = [encode_example(tokenizer, p, r, spec.verdict_weight, slips)
-                for p, r, slips in training_texts(chosen, rng, spec.p_chain, spec.p_slip, spec.p_final_slip, spec.p_near,
-                                                             spec.p_slip_target)]
+    drills = group * GROUP >= spec.drill_from and spec.p_drill + spec.p_pinned_drill > 0
+    examples = spec_examples(tokenizer, spec, chosen, pinned, rng, drills)
     examples.sort(key=lambda e: len(e[0]))
     batches = [examples[i * spec.batch_size : (i + 1) * spec.batch_size] for i in range(GROUP)]
     rng.shuffle(batches)
@@ -70,6 +69,7 @@ def train(out_dir, spec: TinySpec | None = None, checkpoint_every: int = 50, thr
 
     torch.manual_seed(spec.seed)
     problems = train_problems(spec)
+    pinned = [p for p in problems if p.target % 10 == PINNED_DIGIT]
     tok_dir = out / "tokenizer"
     if (tok_dir / "tokenizer.json").exists():
         tokenizer = AutoTokenizer.from_pretrained(tok_dir)
@@ -105,7 +105,7 @@ def train(out_dir, spec: TinySpec | None = None, checkpoint_every: int = 50, thr
     while step < stop:
         if step // GROUP != group:
             group = step // GROUP
-            batches = _group_batches(spec, problems, tokenizer, group)
+            batches = _group_batches(spec, problems, pinned, tokenizer, group)
         ids, _, weights = collate(batches[step % GROUP], tokenizer.eos_token_id)
         for g in opt.param_groups:
             g["lr"] = _lr(spec, step)
