@@ -464,16 +464,17 @@ def test_p_slip_target_sets_how_often_a_wrong_claim_is_the_target():
             assert 0.35 < hits / wrong < 0.65
 
 
-def test_drill_trace():
-    """Claims are the target or the target with only its last digit changed, about half
-    each; verdicts follow claimed == target; only the verdicts and the rest of their lines
-    are left out of the untrained spans; deterministic for a seed."""
+@pytest.mark.parametrize("p_last", [1.0, 0.5])
+def test_drill_trace(p_last):
+    """Claims are the target or one digit away from it (with p_last=1: only the last digit
+    changed), about half each; verdicts follow claimed == target; only the verdicts and the
+    rest of their lines are left out of the untrained spans; deterministic for a seed."""
     from verilens.countdown.synth import DRILL_LINES, drill_trace
 
-    hits = n = 0
+    hits = n = last = 0
     for i, p in enumerate(generate_problems(40, seed=17) + [Problem([3, 4, 5], 7), Problem([9, 10, 1], 90)]):
-        text, untrained = drill_trace(p, i)
-        assert (text, untrained) == drill_trace(p, random.Random(i))
+        text, untrained = drill_trace(p, i, p_last=p_last)
+        assert (text, untrained) == drill_trace(p, random.Random(i), p_last=p_last)
         assert text.startswith(" We have the numbers") and "<answer>" not in text
         atts = parse_trace(text, p.target)
         assert DRILL_LINES[0] <= len(atts) <= DRILL_LINES[1]
@@ -482,10 +483,16 @@ def test_drill_trace():
         for a in atts:
             c = a.segments[-1]
             assert a.verdict == ("valid" if a.hits_target else "invalid")
-            assert c == t or (len(c) == len(t) and c[:-1] == t[:-1] and c[-1] != t[-1]), (c, t)
             n += 1
             hits += a.hits_target
+            if c != t:
+                assert len(c) == len(t) and (sum(x != y for x, y in zip(c, t)) == 1 or c == t[::-1]), (c, t)
+                last += c[:-1] == t[:-1]
         trained = [k for k in range(len(text)) if not any(s <= k < e for s, e in untrained)]
         verdict_chars = [k for a in atts for k in range(a.marker + 2, a.start + len(a.line))]
         assert trained == verdict_chars
     assert 0.4 < hits / n < 0.6
+    if p_last == 1.0:
+        assert last == n - hits
+    else:
+        assert 0.5 < last / (n - hits) < 0.85  # the rest change the first digit or swap the two

@@ -97,7 +97,7 @@ def test_spec_examples_drills(small_tokenizer):
     examples are exactly the normal traces drawn from the same rng (older recipes reproduce)."""
     import random
 
-    from verilens.countdown import generate_problems
+    from verilens.countdown import generate_problems, parse_trace
     from verilens.models.tiny import PINNED_DIGIT, encode_example, spec_examples, training_texts
 
     tok = small_tokenizer
@@ -132,3 +132,5 @@ def test_spec_examples_drills(small_tokenizer):
         text = tok.decode(ids)
         target = int(text.split("equals ")[1].split(".")[0])
         assert target % 10 == PINNED_DIGIT
+        for a in parse_trace(text.split("<think>", 1)[1], target):  # "ends in 2" decides every verdict
+            assert a.hits_target == a.segments[-1].endswith(str(PINNED_DIGIT))

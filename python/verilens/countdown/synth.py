@@ -173,16 +173,20 @@ def _last_digit_changed(t: int, rng: random.Random) -> int:
     return v if t >= 0 else -v
 
 
-def drill_trace(problem: Problem, rng: random.Random | int = 0, n_lines: tuple[int, int] = DRILL_LINES):
+def drill_trace(problem: Problem, rng: random.Random | int = 0, n_lines: tuple[int, int] = DRILL_LINES,
+                p_last: float = 0.5):
     """A verdict drill: the trace's opening, then `n_lines` attempt lines over the problem's
-    numbers whose claimed values are, half and half, the target and the target with its
-    last digit changed; each verdict follows claimed == target. No closing lines.
+    numbers whose claimed values are, half and half, the target and a wrong value one digit
+    away from it: with probability `p_last` the target with its last digit changed (42 -> 47),
+    else another digit changed or the digits swapped (42 -> 72, 24). Each verdict follows
+    claimed == target. No closing lines.
 
     Returns (text, untrained spans): only the verdicts and the rest of their lines carry
-    loss. Why drills: a claim that differs from the target in its last digit only (42 vs
-    47) is told apart by comparing two digits, an XOR-like interaction that no loss
-    rewards until both digits reach the verdict position; normal traces have too few such
-    claims for a small model to find it (issue 3's notes)."""
+    loss. Why drills: a claim that differs from the target in its last digit only is told
+    apart by comparing two digits, an XOR-like interaction that no loss rewards until both
+    digits reach the verdict position; normal traces have too few such claims for a small
+    model to find it (issue 3's notes). The other wrong claims keep the first digit compared:
+    with last-digit changes alone the model stops comparing it."""
     if not isinstance(rng, random.Random):
         rng = random.Random(rng)
     t = problem.target
@@ -191,7 +195,10 @@ def drill_trace(problem: Problem, rng: random.Random | int = 0, n_lines: tuple[i
         tree = random_tree(problem.nums, rng)
         while not _value_ok(tree):
             tree = random_tree(problem.nums, rng)
-        claimed = t if rng.random() < 0.5 else _last_digit_changed(t, rng)
+        if rng.random() < 0.5:
+            claimed = t
+        else:
+            claimed = _last_digit_changed(t, rng) if rng.random() < p_last else _digit_neighbour(t, rng)
         line = _attempt_line(format_expr(tree), [str(claimed)], t, valid=claimed == t)
         start = len(text)
         text += "\n" + line

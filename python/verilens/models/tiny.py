@@ -123,8 +123,12 @@ def spec_examples(tokenizer, spec: TinySpec, problems, pinned, rng: random.Rando
     for p in problems:
         r = rng.random() if drills else 1.0  # no draw when off: older recipes reproduce
         if r < spec.p_pinned_drill + spec.p_drill:
-            q = pinned[rng.randrange(len(pinned))] if r < spec.p_pinned_drill else p
-            text, untrained = drill_trace(q, rng)
+            if r < spec.p_pinned_drill:  # wrong claims differ in the last digit: "ends in 2" decides
+                q = pinned[rng.randrange(len(pinned))]
+                text, untrained = drill_trace(q, rng, p_last=1.0)
+            else:
+                q = p
+                text, untrained = drill_trace(q, rng)
             out.append(encode_example(tokenizer, prompt(q), text, spec.verdict_weight, untrained, end=False))
         else:
             (p_text, response, slips), = training_texts([p], rng, spec.p_chain, spec.p_slip, spec.p_final_slip,
