@@ -190,7 +190,8 @@ def drill_trace(problem: Problem, rng: random.Random | int = 0, n_lines: tuple[i
     if not isinstance(rng, random.Random):
         rng = random.Random(rng)
     t = problem.target
-    text, untrained = _opening(problem), [(0, len(_opening(problem)))]
+    text = _opening(problem)
+    untrained = [(0, len(text))]
     for _ in range(rng.randint(*n_lines)):
         tree = random_tree(problem.nums, rng)
         while not _value_ok(tree):

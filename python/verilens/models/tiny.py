@@ -52,8 +52,8 @@ class TinySpec:
     # share of the wrong claimed values that claim the target (a wrong computation that
     # "works"): the verdict "this works" after a line that was not meant to end the search
     p_slip_target: float = 0.3
-    # Verdict drills (`synth.drill_trace`: many attempt lines whose claims are the target or the
-    # target with its last digit changed; loss on the verdicts only), from step `drill_from` on,
+    # Verdict drills (`synth.drill_trace`: many attempt lines whose claims are the target or one
+    # digit away from it; loss on the verdicts only), from step `drill_from` on,
     # once the digit-copying circuits have formed: `p_drill` of the traces on any problem,
     # `p_pinned_drill` on problems whose target ends in PINNED_DIGIT. The pinned share is the
     # curriculum that makes the second-digit comparison learnable: there "claim ends in 2" alone
@@ -123,12 +123,9 @@ def spec_examples(tokenizer, spec: TinySpec, problems, pinned, rng: random.Rando
     for p in problems:
         r = rng.random() if drills else 1.0  # no draw when off: older recipes reproduce
         if r < spec.p_pinned_drill + spec.p_drill:
-            if r < spec.p_pinned_drill:  # wrong claims differ in the last digit: "ends in 2" decides
-                q = pinned[rng.randrange(len(pinned))]
-                text, untrained = drill_trace(q, rng, p_last=1.0)
-            else:
-                q = p
-                text, untrained = drill_trace(q, rng)
+            # pinned: wrong claims differ in the last digit only, so "ends in 2" decides
+            q, p_last = (pinned[rng.randrange(len(pinned))], 1.0) if r < spec.p_pinned_drill else (p, 0.5)
+            text, untrained = drill_trace(q, rng, p_last=p_last)
             out.append(encode_example(tokenizer, prompt(q), text, spec.verdict_weight, untrained, end=False))
         else:
             (p_text, response, slips), = training_texts([p], rng, spec.p_chain, spec.p_slip, spec.p_final_slip,
