@@ -21,7 +21,7 @@ app = typer.Typer(
 @app.command()
 def demo(
     out: Path = typer.Option(Path("verilens-demo"), help="Output folder (report.html, report.json, figures/)."),
-    n: int = typer.Option(120, help="Problems to generate traces for."),
+    n: int = typer.Option(400, help="Problems to generate traces for."),
     seed: int = typer.Option(0, help="Problem seed (test split)."),
     force: bool = typer.Option(False, help="Overwrite an existing output folder."),
     resume: bool = typer.Option(False, help="Continue an interrupted run in the output folder."),
@@ -76,6 +76,9 @@ def train(
     seed: int = typer.Option(0, help="Seed: the shipped model is seed 0."),
     steps: Optional[int] = typer.Option(None, help="Override the number of optimiser steps."),
     checkpoint_every: int = typer.Option(50, help="Steps between checkpoints."),
+    threads: int = typer.Option(1, help="CPU threads. 1 reproduces the shipped weights bit for bit; more threads "
+                                        "sum in another order, so the weights drift apart (an equivalent model)."),
+    device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda when present)."),
 ):
     """Reproduce the built-in model from a seed (progress bar, checkpoints, resume)."""
     from dataclasses import replace
@@ -88,7 +91,8 @@ def train(
     spec = TinySpec(seed=seed)
     if steps is not None:
         spec = replace(spec, steps=steps)
-    path = run_train(out, spec, checkpoint_every=checkpoint_every)
+    path = run_train(out, spec, checkpoint_every=checkpoint_every, threads=threads,
+                     device=device)
     typer.echo(f"model written to {path}; load it with verilens.load({str(path)!r})")
 
 

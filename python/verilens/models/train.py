@@ -47,10 +47,12 @@ def _lr(spec, step):
 
 
 def train(out_dir, spec: TinySpec | None = None, checkpoint_every: int = 50, threads: int | None = None,
-          progress: bool = True, until_step: int | None = None):
+          progress: bool = True, until_step: int | None = None, device: str | None = None):
     """Train countdown-tiny into `out_dir` (resuming if a checkpoint is there); returns the
     path of the final model folder (`out_dir/model`), or None when `until_step` stopped
-    the run early (a checkpoint is written there, so calling again resumes)."""
+    the run early (a checkpoint is written there, so calling again resumes). `device`:
+    cuda when present unless given; the batches are drawn on the CPU either way, so a
+    GPU run sees the same data (its weights round differently)."""
     from tqdm.auto import tqdm
     from transformers import AutoTokenizer, Qwen2ForCausalLM
 
@@ -81,7 +83,8 @@ def train(out_dir, spec: TinySpec | None = None, checkpoint_every: int = 50, thr
             raise VerilensError(f"tokenizer has {len(tokenizer)} tokens > vocab_size {spec.vocab_size}")
         tokenizer.save_pretrained(tok_dir)
 
-    model = Qwen2ForCausalLM(qwen2_config(spec, tokenizer))
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = Qwen2ForCausalLM(qwen2_config(spec, tokenizer)).to(device)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     opt = torch.optim.AdamW(
@@ -91,11 +94,11 @@ def train(out_dir, spec: TinySpec | None = None, checkpoint_every: int = 50, thr
     ckpt = out / "checkpoint.pt"
     step, log = 0, []
     if ckpt.exists():
-        state = torch.load(ckpt, weights_only=False)
+        state = torch.load(ckpt, weights_only=False, map_location=device)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         step, log = state["step"], state["log"]
-        torch.set_rng_state(state["torch_rng"])
+        torch.set_rng_state(state["torch_rng"].cpu())
 
     model.train()
     bar = tqdm(total=spec.steps, initial=step, desc="train countdown-tiny", disable=not progress)
@@ -107,6 +110,7 @@ def train(out_dir, spec: TinySpec | None = None, checkpoint_every: int = 50, thr
             group = step // GROUP
             batches = _group_batches(spec, problems, pinned, tokenizer, group)
         ids, _, weights = collate(batches[step % GROUP], tokenizer.eos_token_id)
+        ids, weights = ids.to(device), weights.to(device)
         for g in opt.param_groups:
             g["lr"] = _lr(spec, step)
         # No attention mask: the padding is on the right, so under the causal mask no real
@@ -130,7 +134,7 @@ def train(out_dir, spec: TinySpec | None = None, checkpoint_every: int = 50, thr
     bar.close()
     if step < spec.steps:
         return None
-    return save_model(model, tokenizer, out / "model", spec)
+    return save_model(model.cpu(), tokenizer, out / "model", spec)
 
 
 def save_model(model, tokenizer, path, spec: TinySpec | None = None) -> Path:
