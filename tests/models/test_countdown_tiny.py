@@ -48,9 +48,6 @@ def test_save_load_round_trip(tiny, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="countdown-tiny does not reach the bar yet (verdict_agreement 0.56 on 100 "
-                   "test problems, parse_rate 1.0; forced verdict 0.23 on wrong claims of the target): its verdict "
-                   "follows the kind of line it meant to write, not a comparison of claim and target; open in issue 3")
 def test_eval_bar_on_unseen_problems(tiny):
     m = evaluate(tiny, n=500, seed=123, progress=False)
     assert m["parse_rate"] >= 0.99

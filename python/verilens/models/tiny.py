@@ -33,25 +33,25 @@ class TinySpec:
     tokenizer_vocab: int = 1024  # BPE merge budget; it stops early when the corpus is covered
     tokenizer_corpus: int = 3000  # traces used to train the tokenizer
     n_problems: int = 40000  # training problems (train split); traces are redrawn every time
-    batch_size: int = 24
-    steps: int = 1100
-    lr: float = 3e-3
-    warmup: int = 50
+    batch_size: int = 12
+    steps: int = 3000
+    lr: float = 1e-3  # at 2e-3..3e-3 the digit-copying heads form late or not at all
+    warmup: int = 100
     weight_decay: float = 0.05
     verdict_weight: float = 10.0  # loss weight of the verdict token ("this"/"not") after " ("
     p_chain: float = 0.4  # share of chained attempts ("a + b - c = v - c = w"): arithmetic step by step
     # share of failed attempts with a wrong claimed value (the target, near misses), seen
     # without loss: it breaks any link between verdict and position (see encode_example)
-    p_slip: float = 0.5
+    p_slip: float = 0.6
     # share of traces whose solution is first written with a wrong claimed value ("(not ...)"):
     # the line that ends the search must not be recognisable before its claimed value
-    p_final_slip: float = 0.3
+    p_final_slip: float = 0.5
     # share of failed attempts drawn as near misses (value close to the target) whose claimed
     # value is trained; near-miss claims that are not trained come from p_slip
-    p_near: float = 0.3
+    p_near: float = 0.0  # off: near misses still come as untrained wrong claims (p_slip) and in drills
     # share of the wrong claimed values that claim the target (a wrong computation that
     # "works"): the verdict "this works" after a line that was not meant to end the search
-    p_slip_target: float = 0.3
+    p_slip_target: float = 0.5
     # Verdict drills (`synth.drill_trace`: many attempt lines whose claims are the target or one
     # digit away from it; loss on the verdicts only), from step `drill_from` on,
     # once the digit-copying circuits have formed: `p_drill` of the traces on any problem,
@@ -59,9 +59,9 @@ class TinySpec:
     # curriculum that makes the second-digit comparison learnable: there "claim ends in 2" alone
     # decides the verdict, so the claim's last digit gets a reason to reach " (", then the
     # target's, then their equality forms (issue 3's notes: ftF -> ftK).
-    p_drill: float = 0.0
-    p_pinned_drill: float = 0.0
-    drill_from: int = 0
+    p_drill: float = 0.3
+    p_pinned_drill: float = 0.15
+    drill_from: int = 300
 
 
 def qwen2_config(spec: TinySpec, tokenizer):
