@@ -41,6 +41,11 @@ def run_demo(out_dir, n: int = 400, seed: int = 0, force: bool = False, resume: 
         t.add_row(name, *(f"{100 * row[x]:.0f} %" for x in ("success", "mix", "fail")),
                   " / ".join(f"{x:.0f}" for x in pub) if pub else "")
     console.print(t)
+    at = report["verdict_attribution"]
+    top = sorted(((v, l, h) for l, row in enumerate(at["heads"]) for h, v in enumerate(row)), reverse=True)[:3]
+    console.print(f"who writes the verdict (logit 'this' - 'not', mean {at['logit_diff']:+.1f}): attention "
+                  f"{sum(at['attn']):+.1f}, MLPs {sum(at['mlp']):+.1f}; heads "
+                  + ", ".join(f"L{l}H{h} {v:+.1f}" for v, l, h in top))
     console.print(f"report: {Path(out_dir) / 'report.html'}   numbers: {Path(out_dir) / 'report.json'}   "
                   f"seconds by step: {report['seconds']}")
     return report

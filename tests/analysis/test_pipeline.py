@@ -42,8 +42,12 @@ def test_report_files_and_numbers(run, tiny):
     assert all(tuple(h) not in excluded for s in report["heads"]["random_head_sets"] for h in s)
     for f in ("probe_accuracy", "density", "channel_scores", "interventions", "logit_lens"):
         assert (out / "figures" / f"{f}.png").stat().st_size > 1000
+    att = report["verdict_attribution"]
+    assert att["n"] == report["n_contexts"] and len(att["heads"]) == L and len(att["heads"][0]) == H
+    assert att["max_error"] < 1e-3 * max(1.0, abs(att["logit_diff"]))
     page = (out / "report.html").read_text()
     assert "data:image/png;base64," in page and "95.3" in page  # published 3B numbers beside ours
+    assert "Who writes the verdict" in page
     assert report["versions"]["verilens"] == verilens.__version__
 
 

@@ -28,7 +28,7 @@ import torch
 from ..countdown import generate_problems, load_problems
 from ..errors import VerilensError
 from ..hooks import interventions as iv
-from . import channel, glu, heads, lens, outcomes, probes
+from . import attribution, channel, glu, heads, lens, outcomes, probes
 from .traces import Site, Trace, check_sites, correct_contexts, generate_traces, site_activations, verdict_sites, wrong_contexts
 
 PAPER_LAYERS = 36  # Qwen2.5-3B: the depth the paper's layer choices refer to
@@ -275,6 +275,8 @@ def analyze(model, out, settings: Settings | None = None, problems_file=None, on
         return res
 
     inter = timed("interventions", step_interventions)
+    # which components write the verdict on these contexts (attention or GLU neurons)
+    attr = timed("attribution", lambda: attribution.verdict_attribution(model, ctx_texts))
     rand = [v for k, v in inter.items() if k.startswith("random_heads_")]
     if rand:
         kinds = rand[0]["counts"].keys()
@@ -321,6 +323,7 @@ def analyze(model, out, settings: Settings | None = None, problems_file=None, on
                   "top_heads": top_heads, "random_head_sets": random_sets},
         "n_contexts": len(ctx_texts),
         "interventions": inter,
+        "verdict_attribution": attr,
         "subspace": sub,
         "seconds": times,
     }

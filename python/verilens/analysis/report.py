@@ -122,6 +122,19 @@ def _table_html(report: dict) -> str:
             "<th>published 3B: success / mix / fail (%)</th></tr>" + "".join(rows) + "</table>")
 
 
+def _attribution_html(report: dict) -> str:
+    a = report["verdict_attribution"]
+    rows = "".join(f"<tr><td>{l}</td><td>{x:+.2f}</td><td>{y:+.2f}</td><td>"
+                   + ", ".join(f"H{h} {v:+.2f}" for h, v in sorted(enumerate(a["heads"][l]), key=lambda t: -abs(t[1]))[:3])
+                   + "</td></tr>" for l, (x, y) in enumerate(zip(a["attn"], a["mlp"])))
+    neurons = ", ".join(f"L{l}N{i} {v:+.2f}" for l, i, v in a["top_neurons"])
+    return (f"<p>Direct logit attribution of logit(\"this\") - logit(\"not\") at the \" (\" step of the "
+            f"{a['n']} intervention contexts (mean {a['logit_diff']:+.2f}; embedding {a['embed']:+.2f}; the terms add "
+            f"up to it exactly). If attention writes most of it, GLU ablations cannot disable the verdict.</p>"
+            "<table><tr><th>layer</th><th>attention</th><th>MLP</th><th>largest heads</th></tr>" + rows
+            + f"</table><p>Largest GLU neurons: {neurons}.</p>")
+
+
 def make_html(report: dict, figures: dict) -> str:
     def img(name):
         data = base64.b64encode(Path(figures[name]).read_bytes()).decode()
@@ -139,6 +152,7 @@ td,th{{border:1px solid #ccc;padding:4px 8px}}img{{max-width:100%}}</style></hea
 Traces: {tr['n']} generations, {tr['both_verdicts']} with both verdicts, {tr['sites']} verdict sites
 ({tr['valid_sites']} valid, {tr['invalid_sites']} invalid); {report['n_contexts']} intervention contexts.</p>
 <h2>Interventions</h2><p>Top channel-score heads: {heads}.</p>{_table_html(report)}{img('interventions')}
+<h2>Who writes the verdict</h2>{_attribution_html(report)}
 <h2>Probe</h2>{img('probe_accuracy')}
 <h2>Heads</h2>{img('density')}{img('channel_scores')}
 <h2>Logit lens</h2>{img('logit_lens')}

@@ -1,0 +1,78 @@
+"""Direct logit attribution of the verdict: which components write "this" over "not".
+
+At the " (" step of a correct attempt the model's verdict is the logit difference
+logit("this") - logit("not"). The final residual is the sum of the embedding and every
+layer's attention and MLP outputs, and the final RMSNorm is linear once its scale is
+fixed at its value on that residual, so the difference splits exactly into one term per
+component: embedding, each layer's attention (and each head within it), each layer's
+MLP (and each GLU neuron within it). The terms sum to the model's own logit difference.
+
+Why it is in the pipeline: the paper finds GLU neurons that write the verdict and heads
+that feed them; a small model may write it from attention instead (countdown-tiny does),
+and then the GLU ablations are expected to do nothing. This says which it is."""
+from __future__ import annotations
+
+import torch
+
+from ..errors import VerilensError
+
+
+def verdict_ids(model) -> list[int]:
+    """Token ids of "this" and "not" (each must be one token)."""
+    ids = []
+    for word in ("this", "not"):
+        toks = model.tokenizer.tokenize(word)
+        if len(toks) != 1:
+            raise VerilensError(f"{word!r} is not one token in {model.name}'s tokenizer; no verdict logit to attribute")
+        ids.append(model.tokenizer.convert_tokens_to_ids(toks)[0])
+    return ids
+
+
+@torch.no_grad()
+def verdict_attribution(model, contexts, top_neurons: int = 10) -> dict:
+    """Mean direct attribution of logit("this") - logit("not") at the " (" step over
+    `contexts` (texts cut right before " ("). Returns embed, attn [L], mlp [L],
+    heads [L][H], the top `top_neurons` GLU neurons (layer, index, value), logit_diff
+    (the model's own, mean) and max_error (largest |sum of terms - logit_diff|)."""
+    if not contexts:
+        raise VerilensError("verdict attribution needs at least one context")
+    L, H, D = model.cfg.n_layers, model.cfg.n_heads, model.cfg.d_model
+    verdict = verdict_ids(model)
+    W_U = model.W_U.detach().float()
+    d = W_U[:, verdict[0]] - W_U[:, verdict[1]]  # logit("this") - logit("not") per unit of normed residual
+    gain = model.final_norm.weight.detach().float()
+    eps = float(getattr(model.final_norm, "variance_epsilon", getattr(model.final_norm, "eps", 1e-6)))
+    names = ("hook_embed", "hook_attn_out", "hook_mlp_out", "attn.hook_result", "mlp.hook_post")
+    W_out = model.W_out.detach().float()  # [L, d_mlp, d_model]
+    embed = 0.0
+    attn, mlp, heads = torch.zeros(L), torch.zeros(L), torch.zeros(L, H)
+    neurons = torch.zeros(L, model.cfg.d_mlp)
+    diffs, worst = [], 0.0
+    for text in contexts:
+        logits, cache = model.run_with_cache(text + " (", names=lambda n: n.endswith(names), positions="last")
+        last = lambda key: cache[key].float().reshape(-1, cache[key].shape[-1])[-1]  # noqa: E731
+        parts = [last("hook_embed")] + [last(f"blocks.{l}.hook_attn_out") for l in range(L)] \
+            + [last(f"blocks.{l}.hook_mlp_out") for l in range(L)]
+        resid = torch.stack(parts).sum(0)
+        w = d * gain / (resid.pow(2).mean() + eps).sqrt()  # the final norm, frozen at this residual
+        e = float(last("hook_embed") @ w)
+        a = torch.stack([last(f"blocks.{l}.hook_attn_out") @ w for l in range(L)]).cpu()
+        m = torch.stack([last(f"blocks.{l}.hook_mlp_out") @ w for l in range(L)]).cpu()
+        for l in range(L):
+            res = cache[f"blocks.{l}.attn.hook_result"].float()
+            heads[l] += (res.reshape(-1, H, D)[-1] @ w).cpu()
+            post = cache[f"blocks.{l}.mlp.hook_post"].float().reshape(-1, model.cfg.d_mlp)[-1]
+            neurons[l] += (post * (W_out[l] @ w)).cpu()
+        embed += e
+        attn += a
+        mlp += m
+        final = logits.float().reshape(-1, logits.shape[-1])[-1]
+        diff = float(final[verdict[0]] - final[verdict[1]])
+        diffs.append(diff)
+        worst = max(worst, abs(e + float(a.sum()) + float(m.sum()) - diff))
+    n = len(contexts)
+    neurons /= n
+    vals, idx = neurons.flatten().abs().topk(min(top_neurons, neurons.numel()))
+    top = [(int(i) // model.cfg.d_mlp, int(i) % model.cfg.d_mlp, float(neurons.flatten()[i])) for i in idx]
+    return {"logit_diff": sum(diffs) / n, "embed": embed / n, "attn": (attn / n).tolist(), "mlp": (mlp / n).tolist(),
+            "heads": (heads / n).tolist(), "top_neurons": top, "n": n, "max_error": worst}
