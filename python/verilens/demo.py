@@ -30,6 +30,9 @@ def run_demo(out_dir, n: int = 400, seed: int = 0, force: bool = False, resume: 
     console.rule(f"countdown-tiny: {tr['n']} traces, {tr['both_verdicts']} with both verdicts, {tr['sites']} verdicts")
     acc = ", ".join(f"L{l} {a:.2f}" for l, a in enumerate(report["probe_accuracy"]))
     console.print(f"probe accuracy by layer: {acc}")
+    if report.get("probe_accuracy_before_marker"):
+        console.print("  on the token before ' (' (the claim's last token): "
+                      + ", ".join(f"L{l} {a:.2f}" for l, a in enumerate(report["probe_accuracy_before_marker"])))
     console.print("top channel-score heads: " + ", ".join(f"L{l}H{h}" for l, h in report["heads"]["top_heads"])
                   + f"  (previous-token heads: {len(report['heads']['prev_token_heads'])})")
     t = Table("intervention", "success", "mix", "fail", "published 3B (s / m / f)", title="Interventions at ' ('")

@@ -29,6 +29,8 @@ def test_report_files_and_numbers(run, tiny):
     assert on_disk["probe_accuracy"] == report["probe_accuracy"]
     L, H = tiny.cfg.n_layers, tiny.cfg.n_heads
     assert len(report["probe_accuracy"]) == L and all(0 <= a <= 1 for a in report["probe_accuracy"])
+    assert len(report["probe_accuracy_before_marker"]) == L
+    assert all(0 <= a <= 1 for a in report["probe_accuracy_before_marker"])
     assert torch.load(out / "probe.pt").shape == (L, tiny.cfg.d_model, 2)
     for name in ("none", "glu_valid", "glu_valid_invalid", "top3_heads", "random_heads"):
         row = report["interventions"][name]

@@ -20,7 +20,7 @@ import os
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -192,9 +192,15 @@ def analyze(model, out, settings: Settings | None = None, problems_file=None, on
             return {"W": given_probe, "val_accuracy": acc, "train_accuracy": acc, "site_norm": acts.norm(dim=-1).mean(0),
                     "n_train": torch.tensor(0), "n_val": torch.tensor(len(gen.unique()))}
         res = probes.train_probes(acts, labels, gen, seed=settings.seed)
+        # The same probes one token earlier, on the claimed value's last token: a model may
+        # compute the verdict there and move it to " (" only in its last layers.
+        before = [replace(s, token=s.token - 1) for s in sites]
+        acts_b = site_activations(model, traces, before, batch_size=max(1, settings.batch_size // 2), progress=progress)
+        res_b = probes.train_probes(acts_b, labels, gen, seed=settings.seed)
         return {"W": res.W, "val_accuracy": torch.tensor(res.val_accuracy),
                 "train_accuracy": torch.tensor(res.train_accuracy), "site_norm": acts.norm(dim=-1).mean(0),
-                "n_train": torch.tensor(res.n_train), "n_val": torch.tensor(res.n_val)}
+                "n_train": torch.tensor(res.n_train), "n_val": torch.tensor(res.n_val),
+                "val_accuracy_before": torch.tensor(res_b.val_accuracy)}
 
     pr = timed("probes", step_probes)
     W = pr["W"]
@@ -314,6 +320,9 @@ def analyze(model, out, settings: Settings | None = None, problems_file=None, on
         "traces": trace_stats,
         "probe_accuracy": [float(x) for x in pr["val_accuracy"]],
         "probe_train_accuracy": [float(x) for x in pr["train_accuracy"]],
+        # validation accuracy of probes trained on the token before " (" (the claim's last token)
+        "probe_accuracy_before_marker": [float(x) for x in pr["val_accuracy_before"]] if "val_accuracy_before" in pr
+        else None,
         "probe_class_cosine": [float(x) for x in class_cos],
         "probe_generations": {"train": int(pr["n_train"]), "val": int(pr["n_val"])},
         "glu": {"glu_valid": glu_valid, "glu_invalid": glu_invalid, "variant_b": sel["variant_b"]},

@@ -55,6 +55,8 @@ def make_figures(report: dict, fig_dir: Path) -> dict:
     fig, ax = plt.subplots(figsize=(6, 3))
     ax.plot(range(len(acc)), acc, "o-", label="validation")
     ax.plot(range(len(acc)), report["probe_train_accuracy"], "x--", alpha=0.6, label="train")
+    if report.get("probe_accuracy_before_marker"):
+        ax.plot(range(len(acc)), report["probe_accuracy_before_marker"], "s:", label="validation, token before ' ('")
     ax.set(xlabel="layer", ylabel="probe accuracy", ylim=(0.4, 1.02), title="Verdict probe (resid_post at ' (')")
     ax.axhline(0.95, color="grey", lw=0.5)
     ax.legend()
