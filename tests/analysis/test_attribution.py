@@ -61,3 +61,13 @@ def test_terms_add_up_on_smollm2(smollm2_dir):
 def test_bad_input(model):
     with pytest.raises(VerilensError, match="at least one context"):
         verdict_attribution(model, [])
+
+
+def test_neurons_add_up_to_their_mlp(model):
+    L, N = model.cfg.n_layers, model.cfg.d_mlp
+    r = verdict_attribution(model, _contexts(2), top_neurons=L * N)  # every neuron
+    per_layer = [0.0] * L
+    for l, _, v in r["top_neurons"]:
+        per_layer[l] += v
+    for l in range(L):  # down_proj has no bias in these families
+        assert per_layer[l] == pytest.approx(r["mlp"][l], abs=1e-4 * max(1.0, abs(r["mlp"][l])))
