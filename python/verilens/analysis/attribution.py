@@ -75,7 +75,7 @@ def verdict_attribution(model, contexts, top_neurons: int = 10) -> dict:
         worst = max(worst, abs(e + float(a.sum()) + float(m.sum()) - diff))
     n = len(contexts)
     neurons /= n
-    vals, idx = neurons.flatten().abs().topk(min(top_neurons, neurons.numel()))
+    idx = neurons.flatten().abs().topk(min(top_neurons, neurons.numel())).indices
     top = [(int(i) // model.cfg.d_mlp, int(i) % model.cfg.d_mlp, float(neurons.flatten()[i])) for i in idx]
     return {"logit_diff": sum(diffs) / n, "embed": embed / n, "attn": (attn / n).tolist(), "mlp": (mlp / n).tolist(),
             "heads": (heads / n).tolist(), "top_neurons": top, "n": n, "max_error": worst}

@@ -184,7 +184,13 @@ def analyze(model, out, settings: Settings | None = None, problems_file=None, on
 
     # 2. probes
     def step_probes():
-        acts = site_activations(model, traces, sites, batch_size=max(1, settings.batch_size // 2), progress=progress)
+        # the verdict tokens and, for the probes one token earlier (the claimed value's last
+        # token: a model may compute the verdict there and move it to " (" only in its last
+        # layers), the tokens before them, in one pass over the traces
+        before = [replace(s, token=s.token - 1) for s in sites]
+        both = site_activations(model, traces, sites + before, batch_size=max(1, settings.batch_size // 2),
+                                progress=progress)
+        acts, acts_b = both[: len(sites)], both[len(sites):]
         labels = torch.tensor([s.label for s in sites])
         gen = torch.tensor([s.trace for s in sites])
         if given_probe is not None:
@@ -192,10 +198,6 @@ def analyze(model, out, settings: Settings | None = None, problems_file=None, on
             return {"W": given_probe, "val_accuracy": acc, "train_accuracy": acc, "site_norm": acts.norm(dim=-1).mean(0),
                     "n_train": torch.tensor(0), "n_val": torch.tensor(len(gen.unique()))}
         res = probes.train_probes(acts, labels, gen, seed=settings.seed)
-        # The same probes one token earlier, on the claimed value's last token: a model may
-        # compute the verdict there and move it to " (" only in its last layers.
-        before = [replace(s, token=s.token - 1) for s in sites]
-        acts_b = site_activations(model, traces, before, batch_size=max(1, settings.batch_size // 2), progress=progress)
         res_b = probes.train_probes(acts_b, labels, gen, seed=settings.seed)
         return {"W": res.W, "val_accuracy": torch.tensor(res.val_accuracy),
                 "train_accuracy": torch.tensor(res.train_accuracy), "site_norm": acts.norm(dim=-1).mean(0),
