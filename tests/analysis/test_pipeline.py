@@ -36,7 +36,10 @@ def test_report_files_and_numbers(run, tiny):
         row = report["interventions"][name]
         assert abs(row["success"] + row["mix"] + row["fail"] - 1) < 1e-9, name
         assert sum(row["counts"].values()) == row["n"]
-    assert report["interventions"]["random_heads"]["seeds"] == 2
+    rand = report["interventions"]["random_heads"]
+    assert rand["seeds"] == 2
+    sets = [report["interventions"][f"random_heads_{i}"]["success"] for i in range(2)]
+    assert rand["success_sem"] == pytest.approx(abs(sets[0] - sets[1]) / 2)  # std / sqrt(2) of two values
     assert report["n_contexts"] == report["interventions"]["none"]["n"] <= SMALL["n_contexts"]
     assert len(report["heads"]["density"]) == L and len(report["heads"]["density"][0]) == H
     assert len(report["heads"]["top_heads"]) == 3

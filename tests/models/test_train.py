@@ -14,6 +14,7 @@ SMALL = TinySpec(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num
                  intermediate_size=64, n_problems=300, tokenizer_corpus=150, batch_size=4, steps=6, warmup=2)
 # with verdict drills from step 0 (their loss is on few, heavily weighted tokens: no loss-goes-down test)
 DRILLED = dataclasses.replace(SMALL, p_drill=0.25, p_pinned_drill=0.25)
+LAYERDROP = dataclasses.replace(SMALL, layer_drop=0.5, layer_drop_from=1)
 
 
 def _weights(path):
@@ -26,7 +27,7 @@ def full_run(tmp_path_factory):
     return out, train(out, SMALL, checkpoint_every=3, progress=False)
 
 
-@pytest.mark.parametrize("spec", [SMALL, DRILLED], ids=["plain", "drills"])
+@pytest.mark.parametrize("spec", [SMALL, DRILLED, LAYERDROP], ids=["plain", "drills", "layerdrop"])
 def test_resume_equals_uninterrupted(spec, full_run, tmp_path):
     final = full_run[1] if spec is SMALL else train(tmp_path / "full", spec, checkpoint_every=3, progress=False)
     out = tmp_path / "resumed"
@@ -37,6 +38,22 @@ def test_resume_equals_uninterrupted(spec, full_run, tmp_path):
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+
+
+def test_layerdrop_skips_layers(tmp_path):
+    """A layer dropped on every step gets no gradient (weight decay included); the others train."""
+    spec = dataclasses.replace(SMALL, layer_drop=1.0, layer_drop_from=1)
+    out = tmp_path / "ld"
+    train(out, spec, checkpoint_every=2, progress=False, until_step=2)
+    early = torch.load(out / "checkpoint.pt", weights_only=False)["model"]
+    train(out, spec, checkpoint_every=2, progress=False)
+    late = torch.load(out / "checkpoint.pt", weights_only=False)["model"]
+    layer1 = [k for k in early if k.startswith("model.layers.1.")]
+    layer0 = [k for k in early if k.startswith("model.layers.0.") and k.endswith("weight")]
+    assert layer1 and layer0
+    for k in layer1:
+        torch.testing.assert_close(early[k], late[k], rtol=0, atol=0)
+    assert all(not torch.equal(early[k], late[k]) for k in layer0)
 
 
 def test_loss_goes_down_and_model_loads(full_run):

@@ -291,6 +291,10 @@ def analyze(model, out, settings: Settings | None = None, problems_file=None, on
         inter["random_heads"] = {**{k: sum(r[k] for r in rand) / len(rand) for k in kinds},
                                  "counts": {k: sum(r["counts"][k] for r in rand) for k in kinds},
                                  "n": sum(r["n"] for r in rand), "seeds": len(rand),
+                                 # a set either holds a head the verdict needs or not, so the sets'
+                                 # rates are near 0 or near 1 and their mean needs many sets
+                                 "success_sem": (torch.tensor([r["success"] for r in rand]).std().item()
+                                                 / len(rand) ** 0.5 if len(rand) > 1 else None),
                                  "neuron_activation_drop": sum(r["neuron_activation_drop"] for r in rand) / len(rand)}
 
     # 8. the subspace, causally

@@ -39,6 +39,18 @@ def _group_batches(spec, problems, pinned, tokenizer, group: int):
     return batches
 
 
+def _dropped_layers(spec, step) -> list[int]:
+    """The layers LayerDrop skips on `step`: a stream of its own, so the batches are unchanged."""
+    if spec.layer_drop <= 0 or (spec.layer_drop_until is not None and step >= spec.layer_drop_until):
+        return []
+    rng = random.Random(spec.seed * 1_000_003 + 7_919 * step + 104_729)
+    return [l for l in range(spec.layer_drop_from, spec.num_hidden_layers) if rng.random() < spec.layer_drop]
+
+
+def _skip_layer(module, args, output):
+    return args[0]  # the layer's input hidden states: the layer acts as the identity
+
+
 def _lr(spec, step):
     if step < spec.warmup:
         return spec.lr * (step + 1) / spec.warmup
@@ -115,7 +127,12 @@ def train(out_dir, spec: TinySpec | None = None, checkpoint_every: int = 50, thr
             g["lr"] = _lr(spec, step)
         # No attention mask: the padding is on the right, so under the causal mask no real
         # token sees it (and pads carry no loss); the maskless causal path of SDPA is faster.
-        loss = weighted_loss(model(input_ids=ids).logits, ids, weights)
+        skips = [model.model.layers[l].register_forward_hook(_skip_layer) for l in _dropped_layers(spec, step)]
+        try:
+            loss = weighted_loss(model(input_ids=ids).logits, ids, weights)
+        finally:
+            for h in skips:
+                h.remove()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
