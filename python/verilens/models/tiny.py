@@ -70,7 +70,6 @@ class TinySpec:
     # (issue 5's notes). At 0.2 from layer 2 training went unstable (agreement 0.76).
     layer_drop: float = 0.35
     layer_drop_from: int = 3
-    layer_drop_until: int | None = None  # the step LayerDrop stops at (None: it runs to the end)
 
 
 def qwen2_config(spec: TinySpec, tokenizer):

@@ -41,7 +41,7 @@ def _group_batches(spec, problems, pinned, tokenizer, group: int):
 
 def _dropped_layers(spec, step) -> list[int]:
     """The layers LayerDrop skips on `step`: a stream of its own, so the batches are unchanged."""
-    if spec.layer_drop <= 0 or (spec.layer_drop_until is not None and step >= spec.layer_drop_until):
+    if spec.layer_drop <= 0:
         return []
     rng = random.Random(spec.seed * 1_000_003 + 7_919 * step + 104_729)
     return [l for l in range(spec.layer_drop_from, spec.num_hidden_layers) if rng.random() < spec.layer_drop]
