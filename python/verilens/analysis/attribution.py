@@ -8,8 +8,10 @@ component: embedding, each layer's attention (and each head within it), each lay
 MLP (and each GLU neuron within it). The terms sum to the model's own logit difference.
 
 Why it is in the pipeline: the paper finds GLU neurons that write the verdict and heads
-that feed them; a small model may write it from attention instead (countdown-tiny does),
-and then the GLU ablations are expected to do nothing. This says which it is."""
+that feed them; a small model may write it from attention instead, and then GLU
+ablations are expected to do nothing. This says which components write it; whether they
+are needed is for the ablations to show (countdown-tiny's layer-2 MLP writes more of it
+than any head, yet only its heads are needed: docs/analysis.md)."""
 from __future__ import annotations
 
 import torch
@@ -53,14 +55,13 @@ def verdict_attribution(model, contexts, top_neurons: int = 10) -> dict:
     for text in contexts:
         logits, cache = model.run_with_cache(text + " (", names=lambda n: n.endswith(names), positions="last")
         last = lambda key: cache[key].float().reshape(-1, cache[key].shape[-1])[-1]  # noqa: E731
-        parts = [last("hook_embed")] + [last(f"blocks.{l}.hook_attn_out") for l in range(L)] \
-            + [last(f"blocks.{l}.hook_mlp_out") for l in range(L)]
-        resid = torch.stack(parts).sum(0)
-        inv_rms = 1.0 / (resid.pow(2).mean() + eps).sqrt()  # the final norm, frozen at this residual
+        # embedding, attention outputs, MLP outputs: together the final residual
+        parts = torch.stack([last("hook_embed")] + [last(f"blocks.{l}.hook_attn_out") for l in range(L)]
+                            + [last(f"blocks.{l}.hook_mlp_out") for l in range(L)])
+        inv_rms = 1.0 / (parts.sum(0).pow(2).mean() + eps).sqrt()  # the final norm, frozen at this residual
         w = u * inv_rms
-        e = float(last("hook_embed") @ w)
-        a = torch.stack([last(f"blocks.{l}.hook_attn_out") @ w for l in range(L)]).cpu()
-        m = torch.stack([last(f"blocks.{l}.hook_mlp_out") @ w for l in range(L)]).cpu()
+        terms = (parts @ w).cpu()
+        e, a, m = float(terms[0]), terms[1:L + 1], terms[L + 1:]
         for l in range(L):
             res = cache[f"blocks.{l}.attn.hook_result"].float()
             heads[l] += (res.reshape(-1, H, D)[-1] @ w).cpu()

@@ -132,7 +132,7 @@ def _attribution_html(report: dict) -> str:
     neurons = ", ".join(f"L{l}N{i} {v:+.2f}" for l, i, v in a["top_neurons"])
     return (f"<p>Direct logit attribution of logit(\"this\") - logit(\"not\") at the \" (\" step of the "
             f"{a['n']} intervention contexts (mean {a['logit_diff']:+.2f}; embedding {a['embed']:+.2f}; the terms add "
-            f"up to it exactly). If attention writes most of it, GLU ablations cannot disable the verdict.</p>"
+            f"up to it exactly). Writing is not needing: the ablations above say which components the verdict needs.</p>"
             "<table><tr><th>layer</th><th>attention</th><th>MLP</th><th>largest heads</th></tr>" + rows
             + f"</table><p>Largest GLU neurons: {neurons}.</p>")
 
