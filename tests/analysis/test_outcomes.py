@@ -2,7 +2,8 @@
 import pytest
 
 import verilens
-from verilens.analysis.outcomes import accepted_rate, classify, outcome_table, run_condition
+from verilens.analysis.outcomes import (accepted_rate, activation_drop, classify, mean_neuron_activation,
+                                       outcome_table, run_condition)
 from verilens.analysis.traces import Trace, correct_contexts, verdict_sites, wrong_contexts
 from verilens.countdown import Problem, prompt, write_trace
 from verilens.hooks import interventions as iv
@@ -87,3 +88,25 @@ def test_protocol_on_the_builtin_model(tiny):
     ablated, conts2 = run_condition(tiny, ctx, [iv.ablate_heads(allheads)], max_new_tokens=6)
     assert all(c.startswith(" (") for c in conts2)
     assert conts2 != conts
+
+
+def test_mean_neuron_activation_at_the_verdict_step(tiny):
+    """The mean GLU activation at the " (" step equals reading hook_post by hand; ablating
+    those very neurons silences them (drop 1); an unrelated intervention leaves the
+    clean mean untouched afterwards (the intervention is removed)."""
+    import torch
+
+    ctx = [c for c, _ in correct_contexts(_traces())][:3]
+    neurons = [(1, 5), (1, 40), (4, 7)]
+    base = mean_neuron_activation(tiny, ctx, neurons, batch_size=2)
+    by_hand = []
+    for c in ctx:
+        _, cache = tiny.run_with_cache(c + " (", names=["blocks.1.mlp.hook_post", "blocks.4.mlp.hook_post"])
+        by_hand += [cache["blocks.1.mlp.hook_post"][0, -1, [5, 40]], cache["blocks.4.mlp.hook_post"][0, -1, [7]]]
+    assert abs(base - float(torch.cat(by_hand).mean())) < 1e-5
+    silenced = mean_neuron_activation(tiny, ctx, neurons, [iv.ablate_neurons({1: [5, 40], 4: [7]})])
+    assert activation_drop(base, silenced) == pytest.approx(1.0)
+    heads = mean_neuron_activation(tiny, ctx, neurons, [iv.ablate_heads([(0, 0), (1, 2)])])
+    assert heads != base
+    assert mean_neuron_activation(tiny, ctx, neurons, batch_size=2) == base
+    assert activation_drop(0.0, 1.0) == 0.0

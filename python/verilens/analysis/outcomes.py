@@ -83,29 +83,27 @@ def accepted_rate(continuations) -> float:
 
 
 @torch.no_grad()
-def neuron_activation_drop(model, contexts, neurons, interventions=(), batch_size=32) -> float:
-    """Relative drop of the mean GLU activation of `neurons` at the " (" step of the
-    contexts (each context + " (", last position) under `interventions`: how much the
-    intervention silences the verification neurons. 0 = unchanged, 1 = silenced."""
+def mean_neuron_activation(model, contexts, neurons, interventions=(), batch_size=32) -> float:
+    """Mean GLU activation (hook_post) of `neurons` at the " (" step of the contexts (each
+    context + " (", last position), under `interventions` (at every position of that pass,
+    as on the trigger steps of `run_condition`)."""
     by_layer: dict[int, list[int]] = {}
     for l, i in neurons:
         by_layer.setdefault(int(l), []).append(int(i))
     names = [f"blocks.{l}.mlp.hook_post" for l in by_layer]
     texts = [c + " (" for c in contexts]
-
-    def mean_act():
-        total, n = 0.0, 0
+    total, n = 0.0, 0
+    with model.intervene(*interventions):
         for s in range(0, len(texts), batch_size):
             _, cache = model.run_with_cache(texts[s:s + batch_size], names=names, positions="last",
                                             device="cpu", dtype=torch.float32)
             for l, idx in by_layer.items():
                 total += float(cache[f"blocks.{l}.mlp.hook_post"][:, 0, idx].sum())
                 n += cache[f"blocks.{l}.mlp.hook_post"].shape[0] * len(idx)
-        return total / max(1, n)
+    return total / max(1, n)
 
-    base = mean_act()
-    if not interventions:
-        return 0.0
-    with model.intervene(*interventions):  # the last position is the " (" step
-        new = mean_act()
+
+def activation_drop(base: float, new: float) -> float:
+    """Relative drop of a mean activation: 0 = unchanged, 1 = silenced (how much an
+    intervention silences the verification neurons)."""
     return 0.0 if base == 0 else (base - new) / abs(base)

@@ -271,13 +271,15 @@ def analyze(model, out, settings: Settings | None = None, problems_file=None, on
 
     def step_interventions():
         res = {}
+        base_act = outcomes.mean_neuron_activation(model, ctx_texts, variant_b, batch_size=settings.batch_size)
         for name, ivs in conditions.items():
             if ivs is None:
                 continue
             table, conts = outcomes.run_condition(model, ctx_texts, ivs, settings.intervention_tokens,
                                                   settings.batch_size, settings.partial, progress, desc=name)
-            table["neuron_activation_drop"] = outcomes.neuron_activation_drop(model, ctx_texts, variant_b, ivs,
-                                                                              settings.batch_size)
+            act = outcomes.mean_neuron_activation(model, ctx_texts, variant_b, ivs, settings.batch_size) \
+                if ivs else base_act
+            table["neuron_activation_drop"] = outcomes.activation_drop(base_act, act)
             table["examples"] = conts[:3]
             res[name] = table
         return res
