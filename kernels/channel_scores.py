@@ -85,7 +85,8 @@ def _kernels():
 
     @triton.jit
     def composition_kernel(wo, p, m, out, n, H, GROUP, D, DH,
-                           BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_K: tl.constexpr):
+                           BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_K: tl.constexpr,
+                           UPCAST: tl.constexpr, PREC: tl.constexpr):
         c = tl.program_id(0)
         nb = tl.program_id(1)
         layer = c // H
@@ -99,10 +100,13 @@ def _kernels():
             mm = tl.load(m + rn[:, None] * D + rd[None, :], mask=(rn[:, None] < n) & md[None, :], other=0.0)
             bt = tl.load(wo + c * DH * D + rk[None, :] * D + rd[:, None],
                          mask=md[:, None] & (rk[None, :] < DH), other=0.0)  # [BD, BK]
-            x += tl.dot(mm.to(tl.float32), bt.to(tl.float32))
+            if UPCAST:  # the interpreter's 16-bit dot is wrong
+                mm = mm.to(tl.float32)
+                bt = bt.to(tl.float32)
+            x = tl.dot(mm, bt, x, input_precision=PREC)  # 16-bit operands: tensor cores, fp32 sums
         pk = tl.load(p + kv * DH * DH + rk[:, None] * DH + rk[None, :],
                      mask=(rk[:, None] < DH) & (rk[None, :] < DH), other=0.0).to(tl.float32)
-        y = tl.dot(x, pk)
+        y = tl.dot(x, pk, input_precision=PREC)
         num = tl.sqrt(tl.maximum(tl.sum(y * x, axis=1), 0.0))
         tl.store(out + c * n + rn, num, mask=rn < n)
 
@@ -132,15 +136,19 @@ def paper_terms(W_V, W_O, G, U):
 
 
 def composition_numerators(W_O, P, M):
-    """[L*H, n] ||m_i (W_V^c W_O^c)^T|| for every head c and row m_i (Triton)."""
+    """[L*H, n] ||m_i (W_V^c W_O^c)^T|| for every head c and row m_i (Triton). M is read in
+    W_O's dtype: 16-bit weights run the M W_O^T products on tensor cores with fp32 sums;
+    fp32 weights in full precision unless torch allows TF32 matmuls."""
     _check(W_O, (P, M))
     L, H, DH, D = W_O.shape
     KV, n = P.shape[1], M.shape[0]
     out = torch.empty(L * H, n, device=W_O.device, dtype=torch.float32)
     if n == 0:
         return out
+    interp = os.environ.get("TRITON_INTERPRET") == "1"
+    prec = "tf32" if (not interp and torch.backends.cuda.matmul.allow_tf32) else "ieee"  # as torch's matmul
     b = _blocks(n, DH)
     grid = (L * H, -(-n // b["BLOCK_N"]))
-    _kernels()["composition"][grid](W_O.contiguous(), P.float().contiguous(), M.contiguous(), out, n, H, H // KV,
-                                    D, DH, **b)
+    _kernels()["composition"][grid](W_O.contiguous(), P.float().contiguous(), M.to(W_O.dtype).contiguous(), out, n,
+                                    H, H // KV, D, DH, UPCAST=interp and W_O.dtype != torch.float32, PREC=prec, **b)
     return out

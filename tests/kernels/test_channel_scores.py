@@ -64,3 +64,17 @@ def test_empty_neuron_set():
     W_V, W_O, G, U = (t.to(DEV) for t in _weights((1, 2, 1, 16, 32, 0), torch.Generator().manual_seed(0)))
     assert paper_terms(W_V, W_O, G, U).shape == (2, 0)
     assert composition_numerators(W_O, W_V.transpose(-1, -2) @ W_V, U).shape == (2, 0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_composition_kernel_16bit_weights(dtype):
+    """16-bit weights (a bf16 checkpoint on the GPU): the kernel reads M and W_O in that
+    dtype and sums in fp32, so it matches the fp32 reference on the same rounded values."""
+    triton_or_skip()
+    gen = torch.Generator().manual_seed(11)
+    W_V, W_O, _, U = _weights((2, 4, 2, 32, 96, 45), gen)
+    W_O16, U16 = W_O.to(dtype), U.to(dtype)
+    P = W_V.transpose(-1, -2) @ W_V
+    ref = composition_numerators_ref(W_O16.float(), P, U16.float())
+    got = composition_numerators(W_O16.to(DEV), P.to(DEV), U16.to(DEV))
+    assert got.dtype == torch.float32 and rel_err(got, ref) < 1e-5

@@ -78,8 +78,9 @@ def _compile_all() -> dict:
         blocks = dict(BLOCK_N=64, BLOCK_D=64, BLOCK_K=128)
         out[f"channel/paper/{dt}/sm90"] = compile_one(
             ck["paper"], dict(wv=ptr, wo=ptr, g=ptr, u=ptr, out="*fp32", **common), blocks, 90, 4)
-        out[f"channel/composition/{dt}/sm90"] = compile_one(
-            ck["composition"], dict(wo=ptr, p="*fp32", m=ptr, out="*fp32", **common), blocks, 90, 4)
+        out[f"channel/composition/{dt}/sm90"] = compile_one(  # bf16: a native tensor-core dot
+            ck["composition"], dict(wo=ptr, p="*fp32", m=ptr, out="*fp32", **common),
+            dict(blocks, UPCAST=False, PREC="ieee"), 90, 4)
     return out
 
 

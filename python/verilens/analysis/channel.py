@@ -77,7 +77,10 @@ def composition_scores(W_V: torch.Tensor, W_O: torch.Tensor, M: torch.Tensor, ch
     numerators run in one Triton kernel on CUDA, in chunked batched matmuls elsewhere."""
     L, H, dh, d = W_O.shape
     KV = W_V.shape[1]
-    M = M.to(W_O.device, torch.float32)
+    # 16-bit weights on a GPU: the M W_O^T products in that dtype (tensor cores, fp32 sums);
+    # everything else, and everything on the CPU, in fp32
+    cdt = W_O.dtype if W_O.is_cuda else torch.float32
+    M = M.to(W_O.device, cdt)
     P_kv = W_V.float().transpose(-1, -2) @ W_V.float()  # [L, KV, dh, dh]: once per KV head
     P = P_kv.repeat_interleave(H // KV, dim=1).flatten(0, 1)  # [L*H, dh, dh]
     B = W_O.flatten(0, 1)
@@ -88,7 +91,7 @@ def composition_scores(W_V: torch.Tensor, W_O: torch.Tensor, M: torch.Tensor, ch
     else:
         num = []
         for s in range(0, B.shape[0], chunk_heads):
-            X = torch.einsum("nm,ckm->cnk", M, B[s:s + chunk_heads].float())  # M B^T per head: [c, n, dh]
+            X = torch.einsum("nm,ckm->cnk", M, B[s:s + chunk_heads].to(cdt)).float()  # M B^T per head: [c, n, dh]
             num.append(((X @ P[s:s + chunk_heads]) * X).sum(-1).clamp(min=0).sqrt())
         num = torch.cat(num)
     fro = []
@@ -96,7 +99,7 @@ def composition_scores(W_V: torch.Tensor, W_O: torch.Tensor, M: torch.Tensor, ch
         b = B[s:s + chunk_heads].float()
         fro.append((P[s:s + chunk_heads] * (b @ b.transpose(1, 2))).sum((-1, -2)).clamp(min=0).sqrt())
     fro = torch.cat(fro)
-    S = num / fro[:, None].clamp(min=1e-30) / M.norm(dim=1)[None].clamp(min=1e-30)  # [L*H, n]
+    S = num / fro[:, None].clamp(min=1e-30) / M.float().norm(dim=1)[None].clamp(min=1e-30)  # [L*H, n]
     return S.T.reshape(M.shape[0], L, H)
 
 

@@ -1,0 +1,204 @@
+"""GPU benchmark of the full composition matrix (issue 5, section 5): every GLU neuron of
+every layer against every attention head of the layers before it, at Qwen2.5-3B's shape
+(36 layers, 16 query / 2 KV heads, d_head 128, d_model 2048, d_mlp 11008), bf16 weights,
+timed against the matmul floor of the card.
+
+    python benchmarks/bench_channel_gpu.py [--json out.json]
+    pytest benchmarks/bench_channel_gpu.py --benchmark-only -s
+    TRITON_INTERPRET=1 python benchmarks/bench_channel_gpu.py --smoke   # CPU plumbing check
+
+Needs CUDA and Triton; without them it says so and exits 0 (pytest: skipped). `--smoke`
+runs every row once on CPU at tiny shapes in the Triton interpreter and times nothing.
+
+Rows (each the total over neuron layers l = 1 .. L-1; one call per layer):
+- floor: the one product no method can skip, the layer's up rows times every earlier
+  head's W_O^T, as one cuBLAS `torch.mm` in bf16 ([d_mlp, d_model] x [d_model, l*H*d_head]);
+  2 * d_mlp * d_model * d_head * H * L(L-1)/2 = 58 TFLOP at the 3B shape;
+- verilens: `composition_scores(W_V[:l], W_O[:l], W_in[l])` as the library dispatches it
+  on CUDA (the Triton kernel for the numerators, then the norms);
+- torch path: the same function's chunked batched-matmul path (what runs on CPU), forced
+  here by patching the dispatch, so the two GPU strategies are compared in one run.
+The result is [d_mlp, l, H] per layer (fp32), 114 M scores in all. Correctness is checked
+before timing: the two paths against each other on the last layer, and both against an
+fp64 oracle that forms the OV matrices of a few heads.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+
+import torch
+
+L, H, KV, DH, D, D_MLP = 36, 16, 2, 128, 2048, 11008
+DEVICE, DTYPE = "cuda", torch.bfloat16
+SMOKE = False
+
+
+def _smoke_setup():
+    global L, H, KV, DH, D, D_MLP, DEVICE, DTYPE, SMOKE
+    L, H, KV, DH, D, D_MLP, DEVICE, DTYPE, SMOKE = 3, 4, 2, 16, 64, 40, "cpu", torch.bfloat16, True
+
+
+def _cuda_ready() -> str | None:
+    if not torch.cuda.is_available():
+        return "needs a CUDA GPU"
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return "needs Triton"
+    return None
+
+
+def _bench(fn):
+    if SMOKE:
+        fn()
+        return {"median_ms": float("nan"), "p20_ms": float("nan"), "p80_ms": float("nan")}
+    from triton.testing import do_bench
+
+    med, lo, hi = do_bench(fn, warmup=500, rep=5000, quantiles=[0.5, 0.2, 0.8])
+    return {"median_ms": med, "p20_ms": lo, "p80_ms": hi}
+
+
+def _rel(x, ref):
+    return float((x.double() - ref.double()).norm() / ref.double().norm().clamp_min(1e-30))
+
+
+def _weights():
+    g = torch.Generator(device=DEVICE).manual_seed(0)
+    W_V = (torch.randn(L, KV, D, DH, generator=g, device=DEVICE) / D ** 0.5).to(DTYPE)
+    W_O = (torch.randn(L, H, DH, D, generator=g, device=DEVICE) / DH ** 0.5).to(DTYPE)
+    W_in = (torch.randn(L, D_MLP, D, generator=g, device=DEVICE) / D ** 0.5).to(DTYPE)
+    return W_V, W_O, W_in
+
+
+@contextlib.contextmanager
+def _torch_path(channel):
+    """composition_scores with its CPU strategy (chunked batched matmuls) on the GPU too."""
+    real = channel._triton
+    channel._triton = lambda x: False
+    try:
+        yield
+    finally:
+        channel._triton = real
+
+
+def _oracle(W_V, W_O, M, heads):
+    """float64 composition scores [n, len(heads)] forming each head's d x d OV matrix."""
+    out = []
+    for l, h in heads:
+        ov = W_V[l, h // (H // KV)].double() @ W_O[l, h].double()
+        out.append((M.double() @ ov.T).norm(dim=1) / (M.double().norm(dim=1) * ov.norm()))
+    return torch.stack(out, 1)
+
+
+def run() -> list[dict]:
+    from verilens.analysis import channel
+    from verilens.kernels.channel_scores import composition_numerators, composition_numerators_ref
+
+    W_V, W_O, W_in = _weights()
+    # the floor's operand: every head's W_O^T side by side, [d_model, L*H*d_head]
+    WoT = W_O.permute(3, 0, 1, 2).reshape(D, L * H * DH).contiguous()
+
+    def floor():
+        for l in range(1, L):
+            torch.mm(W_in[l], WoT[:, : l * H * DH])
+
+    def verilens_scores():
+        return [channel.composition_scores(W_V[:l], W_O[:l], W_in[l]) for l in range(1, L)]
+
+    def torch_path():
+        with _torch_path(channel):
+            return verilens_scores()
+
+    # correctness before timing: the last layer, both paths, and a few heads against fp64
+    last = L - 1
+    a = channel.composition_scores(W_V[:last], W_O[:last], W_in[last])
+    with _torch_path(channel):
+        b = channel.composition_scores(W_V[:last], W_O[:last], W_in[last])
+    heads = [(0, 0), (last - 1, H - 1), (last // 2, 1)]
+    rows_n = min(256, D_MLP)
+    ora = _oracle(W_V, W_O, W_in[last][:rows_n], heads)
+    pick = torch.stack([a[:rows_n, l, h] for l, h in heads], 1)
+    checks = {"verilens_vs_torch_path": _rel(a, b), "verilens_vs_fp64_oracle": _rel(pick, ora),
+              "torch_path_vs_fp64_oracle": _rel(torch.stack([b[:rows_n, l, h] for l, h in heads], 1), ora)}
+    if SMOKE:  # the kernel itself, in the interpreter (on CPU the dispatch never picks it)
+        P = W_V.float().transpose(-1, -2) @ W_V.float()
+        checks["kernel_vs_ref"] = _rel(composition_numerators(W_O, P, W_in[last]),
+                                       composition_numerators_ref(W_O, P, W_in[last]))
+    # the Triton kernel keeps M W_O^T in fp32; cuBLAS rounds it to bf16 (~0.4 % per element)
+    tol = {"verilens_vs_fp64_oracle": 1e-4, "kernel_vs_ref": 1e-5}
+    bad = {k: v for k, v in checks.items() if not v < tol.get(k, 1e-2)}
+    if bad:
+        raise AssertionError(f"composition scores disagree: {bad}")
+    del a, b
+
+    flops = 2 * D_MLP * D * DH * H * L * (L - 1) / 2
+    rows = []
+    for name, fn in (("floor: torch.mm, up rows x earlier heads' W_O^T", floor),
+                     ("verilens composition_scores (Triton numerators)", verilens_scores),
+                     ("composition_scores, torch batched-matmul path", torch_path)):
+        r = {"row": name, **_bench(fn)}
+        r["tflops_of_floor_work"] = flops / (r["median_ms"] * 1e-3) / 1e12
+        rows.append(r)
+        if DEVICE == "cuda":
+            torch.cuda.empty_cache()
+    for r in rows[1:]:
+        r["ratio_to_floor"] = r["median_ms"] / rows[0]["median_ms"]
+    for r in rows:
+        print(json.dumps(r))
+    print(json.dumps({"checks": checks}))
+    return rows + [{"checks": checks}]
+
+
+def environment():
+    import triton
+
+    return {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
+            "shape": {"layers": L, "heads": H, "kv_heads": KV, "d_head": DH, "d_model": D, "d_mlp": D_MLP},
+            "dtype": str(DTYPE)}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--json", help="write the rows and the environment to this file")
+    ap.add_argument("--smoke", action="store_true", help="CPU plumbing check in the Triton interpreter (no timing)")
+    args = ap.parse_args(argv)
+    if args.smoke:
+        import os
+
+        if os.environ.get("TRITON_INTERPRET", "0") in ("0", ""):
+            print("bench_channel_gpu --smoke: run with TRITON_INTERPRET=1")
+            return 2
+        _smoke_setup()
+        run()
+        print("bench_channel_gpu --smoke: every row ran and passed its check (nothing timed)")
+        return 0
+    why = _cuda_ready()
+    if why:
+        print(f"bench_channel_gpu: skipped ({why}); nothing measured.")
+        return 0
+    env = environment()
+    print(json.dumps(env))
+    rows = run()
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"environment": env, "rows": rows}, f, indent=1)
+    return 0
+
+
+def test_composition_matrix_gpu(benchmark):
+    """pytest entry (`--benchmark-only`): the whole table once on the GPU."""
+    import pytest
+
+    why = _cuda_ready()
+    if why:
+        pytest.skip(why)
+    rows = benchmark.pedantic(run, rounds=1, iterations=1)
+    benchmark.extra_info["environment"] = environment()
+    benchmark.extra_info["rows"] = rows
+
+
+if __name__ == "__main__":
+    sys.exit(main())

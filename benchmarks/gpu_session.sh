@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Everything that needs a CUDA GPU, in one call (issues 4 and 5: kernels on the real
+# compiler, GPU tests, do_bench rows). Built for the device tool's machine: its image has
+# torch, triton, transformers, pybind11, scikit-build-core and cmake, and no network, so
+# verilens is built there from this checkout without fetching anything.
+#
+#   bash benchmarks/gpu_session.sh            # writes logs and JSON under $OUT (or ./gpu-out)
+#
+# About 5-8 minutes on an H100/H200 (most of it the C++ build and Triton compiles). The
+# last lines printed are a short table; copy the numbers into benchmarks/RESULTS.md with
+# the card's name.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-gpu-out}
+mkdir -p "$OUT"
+export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
+PY=${PYTHON:-python3}
+
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv > "$OUT/nvidia-smi.csv" 2>&1
+"$PY" -c "import torch, triton, transformers; print(torch.__version__, triton.__version__, transformers.__version__, torch.cuda.get_device_name())" | tee "$OUT/versions.txt"
+
+step() {  # name, timeout, command...: log to $OUT/name.log, keep going on failure
+    local name=$1 limit=$2; shift 2
+    local t0=$SECONDS
+    timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
+    local rc=$?
+    echo "$name: rc=$rc, $((SECONDS - t0)) s" | tee -a "$OUT/summary.txt"
+    return $rc
+}
+
+step install 300 "$PY" -m pip install --no-build-isolation --no-deps -v . || { tail -30 "$OUT/install.log"; exit 1; }
+# the kernels against their references on the GPU (same tests as CI's interpreter runs, real
+# compiler, fp16/bf16 tensor-core paths), the fused runtime, and the exactness suite on CUDA
+step tests 420 "$PY" -m pytest -q -x -p no:cacheprovider tests/kernels tests/geometry/test_triton_kernel.py \
+    tests/analysis/test_channel.py
+step bench_kernels 300 "$PY" benchmarks/bench_kernels.py --json "$OUT/bench_kernels.json"
+step bench_channel 300 "$PY" benchmarks/bench_channel_gpu.py --json "$OUT/bench_channel.json"
+step bench_geometry 300 "$PY" -m pytest -q -s -p no:cacheprovider benchmarks/bench_geometry_gpu.py --benchmark-only
+
+echo "== summary"; cat "$OUT/summary.txt"
+echo "== tests"; tail -3 "$OUT/tests.log"
+echo "== bench_kernels"; grep -E ' us  \[' "$OUT/bench_kernels.log" | cut -c1-150 | tail -24
+echo "== bench_channel"; grep -E '^\{' "$OUT/bench_channel.log"
+echo "== bench_geometry"; grep -E '^\{' "$OUT/bench_geometry.log" | tail -3
