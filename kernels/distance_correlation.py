@@ -13,6 +13,8 @@ materialising: small inputs only).
 Triton is imported on first use. Under TRITON_INTERPRET=1 the kernel runs on CPU
 tensors (tests); there bf16/fp16 inputs are upcast to float32 before `tl.dot` (the
 interpreter's bf16 dot is wrong) and autotuning is replaced by one fixed config.
+fp32 inputs are dotted in full precision unless torch allows TF32 matmuls
+(`torch.backends.cuda.matmul.allow_tf32`), as torch's own fp32 matmuls are.
 """
 from __future__ import annotations
 
@@ -81,7 +83,7 @@ def _build(interpret: bool):
         V, DA, DB, stride_a, stride_b,
         cx, cy,
         METRIC: tl.constexpr, HAS_PERM: tl.constexpr, UPCAST: tl.constexpr,
-        ACC_F64: tl.constexpr,
+        ACC_F64: tl.constexpr, PREC: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     ):
         pid_m = tl.program_id(0)
@@ -113,7 +115,7 @@ def _build(interpret: bool):
                 if UPCAST:
                     x = x.to(tl.float32)
                     yt = yt.to(tl.float32)
-                ga += tl.dot(x, yt)
+                ga += tl.dot(x, yt, input_precision=PREC)
             for k in range(0, DB, BLOCK_K):
                 kk = k + rk
                 km = kk < DB
@@ -122,7 +124,7 @@ def _build(interpret: bool):
                 if UPCAST:
                     x = x.to(tl.float32)
                     yt = yt.to(tl.float32)
-                gb += tl.dot(x, yt)
+                gb += tl.dot(x, yt, input_precision=PREC)
             wam = tl.load(WA + rm, mask=mm, other=0.0)
             wan = tl.load(WA + rn, mask=mn, other=0.0)
             wbm = tl.load(WB + pm, mask=mm, other=0.0)
@@ -183,6 +185,8 @@ def pearson_sums_triton(A: torch.Tensor, B: torch.Tensor, metric: int, wa: torch
     DB = B.shape[1]
     assert A.stride(1) == 1 and B.stride(1) == 1 and A.dtype == B.dtype
     upcast = A.dtype in (torch.bfloat16, torch.float16) and interp
+    # fp32 dots as torch's fp32 matmuls: full precision unless torch allows TF32
+    prec = "tf32" if (not interp and torch.backends.cuda.matmul.allow_tf32) else "ieee"
     acc64 = A.dtype == torch.float64
     perm_t = perm if perm is not None else torch.zeros(1, dtype=torch.int64, device=A.device)
     wa = wa.to(device=A.device, dtype=torch.float64).contiguous()
@@ -195,7 +199,7 @@ def pearson_sums_triton(A: torch.Tensor, B: torch.Tensor, metric: int, wa: torch
         out = torch.zeros(gm * gn * 6, dtype=torch.float64, device=A.device)
         kern[(gm, gn)](A, B, perm_t, wa, wb, out, V, DA, DB, A.stride(0), B.stride(0),
                        float(cx), float(cy), METRIC=int(metric), HAS_PERM=perm is not None,
-                       UPCAST=upcast, ACC_F64=acc64, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, **extra)
+                       UPCAST=upcast, ACC_F64=acc64, PREC=prec, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, **extra)
         return out
 
     if block is not None:
@@ -203,7 +207,7 @@ def pearson_sums_triton(A: torch.Tensor, B: torch.Tensor, metric: int, wa: torch
     elif interp:
         cfg = (16, 16, 16)
     else:  # autotune needs the GPU driver: only here, never in the interpreter
-        key = (A.dtype, int(metric), DA > 1024, perm is not None)
+        key = (A.dtype, int(metric), DA > 1024, perm is not None, prec)
         if key not in _TUNED:
             from triton.testing import do_bench
 

@@ -4,7 +4,7 @@ The interpreter runs the kernels as numpy code and misses what only the compiler
 (types merged across branches, dot shapes and dtypes, layouts). Triton's wheel carries
 the NVIDIA backend and ptxas, so each kernel variant the launchers can produce is compiled
 here for sm_90 (H100), and the main variants also for sm_80 (A100); the channel-score
-kernels for sm_90, with the launcher's specialisations (16-byte
+kernels and the distance-correlation kernel (each dot precision) for sm_90, with the launcher's specialisations (16-byte
 aligned pointers and strides, unit column stride). We also check that the kept-heads
 loop of head_masked_o_proj is software-pipelined like the plain GEMM (same shared-memory
 staging), so skipping ablated heads never slows the matmul down.
@@ -81,6 +81,17 @@ def _compile_all() -> dict:
         out[f"channel/composition/{dt}/sm90"] = compile_one(  # bf16: a native tensor-core dot
             ck["composition"], dict(wo=ptr, p="*fp32", m=ptr, out="*fp32", **common),
             dict(blocks, UPCAST=False, PREC="ieee"), 90, 4)
+    from verilens.kernels import distance_correlation as DC
+
+    dk = DC._build(False)
+    for dt, prec, cfg in (("bf16", "tf32", (128, 128, 64, 8, 3)), ("fp32", "ieee", (128, 64, 64, 4, 3)),
+                          ("fp32", "tf32", (128, 128, 32, 8, 3)), ("fp64", "ieee", (64, 64, 16, 4, 2))):
+        ptr = "*" + dt
+        sig = dict(A=ptr, B=ptr, PERM="*i64", WA="*fp64", WB="*fp64", OUT="*fp64", V="i32", DA="i32", DB="i32",
+                   stride_a="i32", stride_b="i32", cx="fp32", cy="fp32")
+        consts = dict(METRIC=0, HAS_PERM=False, UPCAST=False, ACC_F64=dt == "fp64", PREC=prec,
+                      BLOCK_M=cfg[0], BLOCK_N=cfg[1], BLOCK_K=cfg[2])
+        out[f"dcor/{dt}/{prec}/sm90"] = compile_one(dk, sig, consts, 90, cfg[3])
     return out
 
 
@@ -97,7 +108,7 @@ def test_kernels_compile_for_sm80_and_sm90():
         pytest.skip("ptxas not available")
     assert r.returncode == 0, r.stderr[-4000:]
     shared = json.loads(r.stdout.strip().splitlines()[-1])
-    assert len(shared) == 16
+    assert len(shared) == 20
     for arch in (80, 90):  # the kept-heads loop is staged like the plain GEMM's
         plain = shared[f"head/fp16/mode0/fill0/all1/cap0/dh128/sm{arch}"]
         kept = shared[f"head/fp16/mode0/fill0/all0/cap0/dh128/sm{arch}"]
