@@ -9,6 +9,19 @@ from verilens.hooks.interventions import at_token
 
 
 @pytest.fixture
+def model(model):
+    """The session's random model; on a CUDA machine a copy of it on the GPU, where the
+    kernels run compiled (the interpreter is only set up when there is no GPU)."""
+    if not torch.cuda.is_available():
+        return model
+    import copy
+
+    from verilens.hooks import HookedModel
+
+    return HookedModel(copy.deepcopy(model.hf_model).to("cuda"), model.tokenizer, model.name)
+
+
+@pytest.fixture
 def spy(monkeypatch):
     """Counts calls of the two Triton kernels, so a test knows the fused path ran."""
     import verilens.kernels.head_masked_o_proj as o
