@@ -141,3 +141,18 @@ def test_given_probe_is_used_and_checked(run, tiny, tmp_path):
     with pytest.raises(VerilensError, match="does not fit the model"):
         analyze(tiny, tmp_path / "r", Settings(**SMALL), probe_file=bad, progress=False, log=lambda m: None)
     assert not (tmp_path / "r").exists()  # refused before any folder is made
+
+
+def test_bfloat16_model_end_to_end(tmp_path):
+    """Real checkpoints run in bf16 (the paper's 3B on a GPU): every step, including the
+    hooks that add or project out fp32 probe directions, works on a bf16 model, and the
+    numbers come out in fp32."""
+    m = verilens.load("countdown-tiny", dtype="bf16")
+    assert m.hf_model.model.embed_tokens.weight.dtype == torch.bfloat16
+    report = analyze(m, tmp_path / "r", Settings(**{**QUICK, "n": 16, "intervention_tokens": 20}), progress=False,
+                     log=lambda msg: None)
+    probe = torch.load(tmp_path / "r" / "probe.pt")
+    assert probe.dtype == torch.float32 and probe.shape == (m.cfg.n_layers, m.cfg.d_model, 2)
+    assert len(report["probe_accuracy"]) == m.cfg.n_layers and max(report["probe_accuracy"]) > 0.9
+    assert report["interventions"]["none"]["fail"] >= 0.75
+    assert report["interventions"]["top3_heads"]["success"] > report["interventions"]["none"]["success"]
