@@ -24,11 +24,11 @@ fp64 oracle that forms the OV matrices of a few heads.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import sys
 
+import gpu_bench
 import torch
 
 L, H, KV, DH, D, D_MLP = 36, 16, 2, 128, 2048, 11008
@@ -39,16 +39,6 @@ SMOKE = False
 def _smoke_setup():
     global L, H, KV, DH, D, D_MLP, DEVICE, DTYPE, SMOKE
     L, H, KV, DH, D, D_MLP, DEVICE, DTYPE, SMOKE = 3, 4, 2, 16, 64, 40, "cpu", torch.bfloat16, True
-
-
-def _cuda_ready() -> str | None:
-    if not torch.cuda.is_available():
-        return "needs a CUDA GPU"
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return "needs Triton"
-    return None
 
 
 def _bench(fn):
@@ -93,7 +83,7 @@ def _oracle(W_V, W_O, M, heads):
     return torch.stack(out, 1)
 
 
-def run() -> list[dict]:
+def run(args=None) -> list[dict]:
     from verilens.analysis import channel
     from verilens.kernels.channel_scores import composition_numerators, composition_numerators_ref
 
@@ -160,45 +150,9 @@ def environment():
             "dtype": str(DTYPE)}
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--json", help="write the rows and the environment to this file")
-    ap.add_argument("--smoke", action="store_true", help="CPU plumbing check in the Triton interpreter (no timing)")
-    args = ap.parse_args(argv)
-    if args.smoke:
-        import os
-
-        if os.environ.get("TRITON_INTERPRET", "0") in ("0", ""):
-            print("bench_channel_gpu --smoke: run with TRITON_INTERPRET=1")
-            return 2
-        _smoke_setup()
-        run()
-        print("bench_channel_gpu --smoke: every row ran and passed its check (nothing timed)")
-        return 0
-    why = _cuda_ready()
-    if why:
-        print(f"bench_channel_gpu: skipped ({why}); nothing measured.")
-        return 0
-    env = environment()
-    print(json.dumps(env))
-    rows = run()
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"environment": env, "rows": rows}, f, indent=1)
-    return 0
-
-
 def test_composition_matrix_gpu(benchmark):
-    """pytest entry (`--benchmark-only`): the whole table once on the GPU."""
-    import pytest
-
-    why = _cuda_ready()
-    if why:
-        pytest.skip(why)
-    rows = benchmark.pedantic(run, rounds=1, iterations=1)
-    benchmark.extra_info["environment"] = environment()
-    benchmark.extra_info["rows"] = rows
+    gpu_bench.pytest_entry(benchmark, run, environment)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(gpu_bench.main("bench_channel_gpu", __doc__, run, environment, _smoke_setup))

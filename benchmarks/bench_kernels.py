@@ -26,10 +26,9 @@ median / candidate median from the same process on the same GPU. Correctness is 
 """
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 
+import gpu_bench
 import torch
 import torch.nn.functional as F
 
@@ -46,16 +45,6 @@ def _smoke_setup():
     global B, T, D_MODEL, N_HEADS, D_HEAD, D_MLP, HEADS, NEURONS, DEVICE, SMOKE
     B, T, D_MODEL, N_HEADS, D_HEAD, D_MLP = 2, 9, 48, 4, 16, 96
     HEADS, NEURONS, DEVICE, SMOKE = [1, 3], [2, 50, 95], "cpu", True
-
-
-def _cuda_ready() -> str | None:
-    if not torch.cuda.is_available():
-        return "needs a CUDA GPU"
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return "needs Triton"
-    return None
 
 
 def _rel(x, ref):
@@ -116,7 +105,8 @@ def glu_hand_edit(gate, up, idx, where=None, pos=None, cap_idx=None):
     return new, cap
 
 
-def run(dtypes=("fp16", "bf16")):
+def run(args=None):
+    dtypes = tuple(args.dtype) if args is not None else ("fp16", "bf16")
     from verilens.kernels.head_masked_o_proj import head_masked_o_proj_ref, head_masked_o_proj_triton
     from verilens.kernels.masked_glu import masked_glu_ref, masked_glu_triton
 
@@ -210,46 +200,13 @@ def environment():
                        "d_mlp": D_MLP}}
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def _add_args(ap):
     ap.add_argument("--dtype", nargs="+", default=["fp16", "bf16"], choices=["fp16", "bf16"])
-    ap.add_argument("--json", help="write the rows and the environment to this file")
-    ap.add_argument("--smoke", action="store_true", help="CPU plumbing check in the Triton interpreter (no timing)")
-    args = ap.parse_args(argv)
-    if args.smoke:
-        import os
-
-        if os.environ.get("TRITON_INTERPRET", "0") in ("0", ""):
-            print("bench_kernels --smoke: run with TRITON_INTERPRET=1")
-            return 2
-        _smoke_setup()
-        run(tuple(args.dtype))
-        print("bench_kernels --smoke: every row ran and passed its check (nothing timed)")
-        return 0
-    why = _cuda_ready()
-    if why:
-        print(f"bench_kernels: skipped ({why}); nothing measured.")
-        return 0
-    env = environment()
-    print(json.dumps(env))
-    rows = run(tuple(args.dtype))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"environment": env, "rows": rows}, f, indent=1)
-    return 0
 
 
 def test_kernels_do_bench(benchmark):
-    """pytest entry (`--benchmark-only`): runs the whole table once on the GPU."""
-    import pytest
-
-    why = _cuda_ready()
-    if why:
-        pytest.skip(why)
-    rows = benchmark.pedantic(run, rounds=1, iterations=1)
-    benchmark.extra_info["environment"] = environment()
-    benchmark.extra_info["rows"] = rows
+    gpu_bench.pytest_entry(benchmark, run, environment)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(gpu_bench.main("bench_kernels", __doc__, run, environment, _smoke_setup, _add_args))
