@@ -41,20 +41,6 @@ def _smoke_setup():
     L, H, KV, DH, D, D_MLP, DEVICE, DTYPE, SMOKE = 3, 4, 2, 16, 64, 40, "cpu", torch.bfloat16, True
 
 
-def _bench(fn):
-    if SMOKE:
-        fn()
-        return {"median_ms": float("nan"), "p20_ms": float("nan"), "p80_ms": float("nan")}
-    from triton.testing import do_bench
-
-    med, lo, hi = do_bench(fn, warmup=500, rep=5000, quantiles=[0.5, 0.2, 0.8])
-    return {"median_ms": med, "p20_ms": lo, "p80_ms": hi}
-
-
-def _rel(x, ref):
-    return float((x.double() - ref.double()).norm() / ref.double().norm().clamp_min(1e-30))
-
-
 def _weights():
     g = torch.Generator(device=DEVICE).manual_seed(0)
     W_V = (torch.randn(L, KV, D, DH, generator=g, device=DEVICE) / D ** 0.5).to(DTYPE)
@@ -111,11 +97,11 @@ def run(args=None) -> list[dict]:
     rows_n = min(256, D_MLP)
     ora = _oracle(W_V, W_O, W_in[last][:rows_n], heads)
     pick = torch.stack([a[:rows_n, l, h] for l, h in heads], 1)
-    checks = {"verilens_vs_torch_path": _rel(a, b), "verilens_vs_fp64_oracle": _rel(pick, ora),
-              "torch_path_vs_fp64_oracle": _rel(torch.stack([b[:rows_n, l, h] for l, h in heads], 1), ora)}
+    checks = {"verilens_vs_torch_path": gpu_bench.rel_err(a, b), "verilens_vs_fp64_oracle": gpu_bench.rel_err(pick, ora),
+              "torch_path_vs_fp64_oracle": gpu_bench.rel_err(torch.stack([b[:rows_n, l, h] for l, h in heads], 1), ora)}
     if SMOKE:  # the kernel itself, in the interpreter (on CPU the dispatch never picks it)
         P = W_V.float().transpose(-1, -2) @ W_V.float()
-        checks["kernel_vs_ref"] = _rel(composition_numerators(W_O, P, W_in[last]),
+        checks["kernel_vs_ref"] = gpu_bench.rel_err(composition_numerators(W_O, P, W_in[last]),
                                        composition_numerators_ref(W_O, P, W_in[last]))
     # the Triton kernel keeps M W_O^T in fp32; cuBLAS rounds it to bf16 (~0.4 % per element)
     tol = {"verilens_vs_fp64_oracle": 1e-4, "kernel_vs_ref": 1e-5}
@@ -129,7 +115,7 @@ def run(args=None) -> list[dict]:
     for name, fn in (("floor: torch.mm, up rows x earlier heads' W_O^T", floor),
                      ("verilens composition_scores (Triton numerators)", verilens_scores),
                      ("composition_scores, torch batched-matmul path", torch_path)):
-        r = {"row": name, **_bench(fn)}
+        r = {"row": name, **gpu_bench.bench(fn, SMOKE, 500, 5000)}
         r["tflops_of_floor_work"] = flops / (r["median_ms"] * 1e-3) / 1e12
         rows.append(r)
         if DEVICE == "cuda":

@@ -47,20 +47,6 @@ def _smoke_setup():
     HEADS, NEURONS, DEVICE, SMOKE = [1, 3], [2, 50, 95], "cpu", True
 
 
-def _rel(x, ref):
-    return float((x.double() - ref.double()).norm() / ref.double().norm().clamp_min(1e-30))
-
-
-def _bench(fn):
-    if SMOKE:
-        fn()
-        return {"median_ms": float("nan"), "p20_ms": float("nan"), "p80_ms": float("nan")}
-    from triton.testing import do_bench
-
-    med, lo, hi = do_bench(fn, warmup=50, rep=300, quantiles=[0.5, 0.2, 0.8])
-    return {"median_ms": med, "p20_ms": lo, "p80_ms": hi}
-
-
 def _inputs(dtype, M_tokens):
     dev = DEVICE
     g = torch.Generator(device=dev).manual_seed(0)
@@ -115,10 +101,10 @@ def run(args=None):
     def add(group, name, fn, baseline=None, check=None):
         if check is not None:
             got, ref = check()
-            err = _rel(got, ref)
+            err = gpu_bench.rel_err(got, ref)
             tol = 2e-2 if "bf16" in group else 5e-3
             assert err < tol, f"{group} / {name}: relative error {err:.2e} against torch"
-        r = {"group": group, "name": name, **_bench(fn)}
+        r = {"group": group, "name": name, **gpu_bench.bench(fn, SMOKE)}
         if baseline is not None:
             base = next(x for x in rows if x["group"] == group and x["name"] == baseline)
             r["baseline"] = baseline

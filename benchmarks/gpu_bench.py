@@ -24,6 +24,22 @@ def cuda_ready() -> str | None:
     return None
 
 
+def rel_err(x, ref) -> float:
+    """||x - ref|| / ||ref|| in float64."""
+    return float((x.double() - ref.double()).norm() / ref.double().norm().clamp_min(1e-30))
+
+
+def bench(fn, smoke: bool, warmup_ms: int = 50, rep_ms: int = 300) -> dict:
+    """do_bench's median and 20-80 % quantiles in ms; under --smoke one call, no timing."""
+    if smoke:
+        fn()
+        return {"median_ms": float("nan"), "p20_ms": float("nan"), "p80_ms": float("nan")}
+    from triton.testing import do_bench
+
+    med, lo, hi = do_bench(fn, warmup=warmup_ms, rep=rep_ms, quantiles=[0.5, 0.2, 0.8])
+    return {"median_ms": med, "p20_ms": lo, "p80_ms": hi}
+
+
 def main(name, doc, run, environment, smoke_setup, add_args=None, argv=None) -> int:
     ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     if add_args:
