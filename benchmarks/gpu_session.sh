@@ -34,8 +34,8 @@ step() {  # name, timeout, command...: log to $OUT/name.log, keep going on failu
 }
 
 step install 300 "$PY" -m pip install --no-build-isolation --no-deps -v . || { tail -30 "$OUT/install.log"; exit 1; }
-# the kernels against their references on the GPU (same tests as CI's interpreter runs, real
-# compiler, fp16/bf16 tensor-core paths), the fused runtime, and the exactness suite on CUDA
+# the kernels against their references on the GPU (the tests CI runs in the interpreter, here on
+# the real compiler and the fp16/bf16 tensor-core paths), the fused runtime, the channel scores
 step tests 420 "$PY" -m pytest -q -x -p no:cacheprovider tests/kernels tests/geometry/test_triton_kernel.py \
     tests/analysis/test_channel.py
 step bench_kernels 300 "$PY" benchmarks/bench_kernels.py --json "$OUT/bench_kernels.json"
