@@ -2,15 +2,18 @@
 
 Semantics: the logits of every decoding step are those of a full forward over the
 whole sequence so far, with the active interventions applied to that forward (gated
-by their trigger). The KV cache always holds clean (un-intervened) keys and values
-unless an intervention acts at every step on every position, in which case the
-intervened cache *is* the full-forward result (causality), and one pass suffices:
-- no trigger, all interventions positions="all": applied inside the cached pass;
-- otherwise, on steps where the trigger fires for some rows:
-  * interventions only at the last position: one intervened cached pass for the new
-    token, the cache cropped back, then the clean pass;
-  * anything else (e.g. heads ablated at all positions): the clean cached pass, plus
-    a full recomputed forward of the firing rows with the interventions."""
+by their trigger). How each step gets there, fastest first:
+- "plain": no trigger, every intervention causal (see `Intervention.causal`) and acting
+  at all positions: applied inside the one cached pass; the cache holds the intervened
+  keys and values, which by causality *are* the full-forward ones.
+- "two_caches": the same interventions, gated by one trigger: a second KV cache runs
+  beside the clean one with the interventions always on; a firing row takes its logits
+  from it, the others from the clean cache. Costs at most twice a plain generate, where
+  recomputing the firing rows costs a forward over the whole sequence at each firing.
+- "last": interventions only at the last position: on firing steps one intervened
+  cached pass for the new token, the cache cropped back, then the clean pass.
+- "recompute" (anything else, e.g. a mean ablation over the current pass): the clean
+  cached pass, plus a full recomputed forward of the firing rows."""
 from __future__ import annotations
 
 import torch
@@ -35,6 +38,22 @@ def _choose(logits, do_sample, temperature, top_k, top_p, generator):
         logits = torch.full_like(logits, float("-inf")).scatter(-1, idx, sorted_logits)
     probs = logits.softmax(-1)
     return torch.multinomial(probs, 1, generator=generator)[:, 0]
+
+
+def _mode(actives) -> str:
+    """How steps are computed for these interventions (the module docstring)."""
+    ivs = [iv for a in actives for iv in a.interventions]
+    if not all(iv.causal for iv in ivs):
+        return "recompute"
+    triggers = {a.when.token_id if a.when is not None else None for a in actives}
+    if all(iv.scope == "all" for iv in ivs):
+        if triggers == {None} or not ivs:
+            return "plain"
+        if len(triggers) == 1:
+            return "two_caches"
+    if all(iv.scope == "last" for iv in ivs):
+        return "last"
+    return "recompute"
 
 
 @torch.no_grad()
@@ -67,8 +86,9 @@ def generate(model, input, max_new_tokens=64, do_sample=False, temperature=1.0, 
             generator.manual_seed(seed)
 
     actives = list(model._active)
-    plain = all(a.when is None and a.scope == "all" for a in actives)
+    mode = _mode(actives)
     kv = DynamicCache(config=model.hf_model.config)
+    ikv = DynamicCache(config=model.hf_model.config) if mode == "two_caches" else None
     store_steps: list[dict] = []
     finished = torch.zeros(b, dtype=torch.bool, device=ids.device)
     new_tokens = []
@@ -76,7 +96,6 @@ def generate(model, input, max_new_tokens=64, do_sample=False, temperature=1.0, 
     def cache_hooks(store, rows=None):
         if not names:
             return []
-        last = None
 
         def make(name):
             def fn(x, ctx):
@@ -88,35 +107,36 @@ def generate(model, input, max_new_tokens=64, do_sample=False, temperature=1.0, 
             return fn
         return [(n, make(n)) for n in names]
 
+    def cached(step_ids, hooks, cache, past, full_mask):
+        last = torch.full((b, 1), step_ids.shape[1] - 1, dtype=torch.long, device=ids.device)
+        return model._run(step_ids, None, hooks, positions=last, kv=cache, past=past, use_cache=True,
+                          full_mask=full_mask, last_logits_only=True)[:, -1]
+
     def step(step_ids, full_ids, full_mask, past):
         """Logits of the last position for every row, per the semantics above."""
         store = {}
-        last_pos = torch.full((b, 1), step_ids.shape[1] - 1, dtype=torch.long, device=ids.device)
-        base_hooks = list(model._context_hooks)
-        if plain:
-            logits = model._run(step_ids, None, base_hooks + model._active_hooks() + cache_hooks(store),
-                                positions=last_pos, kv=kv, past=past, use_cache=True, full_mask=full_mask, last_logits_only=True)[:, -1]
+        clean_hooks = list(model._context_hooks) + cache_hooks(store)
+        if mode == "plain":
+            logits = cached(step_ids, model._active_hooks() + cache_hooks(store), kv, past, full_mask)
             store_steps.append(store)
             return logits
         firing = torch.zeros(b, dtype=torch.bool, device=ids.device)
         for a in actives:
             firing |= a.when.rows(full_ids) if a.when is not None else torch.ones_like(firing)
         firing &= ~finished
-        inter = None
-        if firing.any() and all(a.scope == "last" for a in actives):
-            istore = {}
-            inter = model._run(step_ids, None, base_hooks + model._active_hooks() + cache_hooks(istore),
-                               positions=last_pos, kv=kv, past=past, use_cache=True, full_mask=full_mask, last_logits_only=True)[:, -1]
+        istore, inter = {}, None
+        if mode == "two_caches":  # the second cache advances on every step, firing or not
+            inter = cached(step_ids, model._active_hooks(gate=False) + cache_hooks(istore), ikv, past, full_mask)
+        elif mode == "last" and firing.any():
+            inter = cached(step_ids, model._active_hooks() + cache_hooks(istore), kv, past, full_mask)
             kv.crop(-step_ids.shape[1])  # drop the intervened keys/values again
-        logits = model._run(step_ids, None, base_hooks + cache_hooks(store), positions=last_pos, kv=kv, past=past,
-                            use_cache=True, full_mask=full_mask, last_logits_only=True)[:, -1]
+        logits = cached(step_ids, clean_hooks, kv, past, full_mask)
         if firing.any():
-            if inter is None:
+            if inter is None:  # recompute the firing rows in full
                 rows = firing.nonzero()[:, 0]
-                istore = {}
                 sub_ids, sub_mask = full_ids[rows], full_mask[rows]
                 sub_last = torch.full((len(rows), 1), sub_ids.shape[1] - 1, dtype=torch.long, device=ids.device)
-                sub = model._run(sub_ids, sub_mask, base_hooks + model._active_hooks() + cache_hooks(istore, rows),
+                sub = model._run(sub_ids, sub_mask, model._active_hooks() + cache_hooks(istore, rows),
                                  positions=sub_last, last_logits_only=True)[:, -1]
                 logits = logits.clone()
                 logits[rows] = sub

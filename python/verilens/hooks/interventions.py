@@ -77,6 +77,13 @@ class Intervention:
         """"last" when it only touches the last position of a pass, else "all"."""
         return "last" if self.positions == "last" else "all"
 
+    @property
+    def causal(self) -> bool:
+        """True when applying it pass by pass under a KV cache (to each new token as it
+        comes) equals applying it to one forward over the whole sequence: the edit at a
+        position depends on nothing but that position's own activation."""
+        return True
+
 
 class ablate_heads(Intervention):
     """Zero (or mean-replace) attention heads' outputs: their slice of the o_proj input.
@@ -110,6 +117,12 @@ class ablate_heads(Intervention):
         for l, h in self.heads:
             by_layer.setdefault(l, []).append(h)
         return [(f"blocks.{l}.attn.hook_z", HeadEdit(self, l, hs, model.cfg.n_heads)) for l, hs in by_layer.items()]
+
+    @property
+    def causal(self) -> bool:
+        # without a reference the mean is over the current pass's positions: under a KV
+        # cache that pass holds only the new token, so it must be recomputed in full
+        return not (self.mode == "mean" and self.reference is None)
 
     def fill(self, l, z, ctx):
         """[n_heads, d_head] values that replace ablated heads' z (None for zeros)."""
@@ -279,6 +292,14 @@ class patch(Intervention):
         _, point = parse_name(self.hook_name, model.cfg.n_layers)
         if point in READ_ONLY:
             raise VerilensError(f"{self.hook_name} is read-only; patch attn.hook_z instead")
+        # activations are [batch, pos, ...] with two trailing axes for q/k/v/z, one otherwise
+        self._feature_dims = 2 if point in ("attn.hook_q", "attn.hook_k", "attn.hook_v", "attn.hook_z") else 1
+
+    @property
+    def causal(self) -> bool:
+        # a tensor with a position axis is a whole-sequence value (a function is taken to
+        # act position by position, as TransformerLens's cached generation assumes)
+        return callable(self.value) or torch.as_tensor(self.value).dim() <= self._feature_dims
 
     def hooks(self, model):
         def fn(x, ctx):
