@@ -2,8 +2,8 @@
 import pytest
 
 import verilens
-from verilens.analysis.outcomes import (accepted_rate, activation_drop, classify, mean_neuron_activation,
-                                       outcome_table, run_condition)
+from verilens.analysis.outcomes import (accepted_rate, activation_drop, classify, outcome_table, run_condition,
+                                       run_conditions)
 from verilens.analysis.traces import Trace, correct_contexts, verdict_sites, wrong_contexts
 from verilens.countdown import Problem, prompt, write_trace
 from verilens.hooks import interventions as iv
@@ -90,23 +90,29 @@ def test_protocol_on_the_builtin_model(tiny):
     assert conts2 != conts
 
 
-def test_mean_neuron_activation_at_the_verdict_step(tiny):
-    """The mean GLU activation at the " (" step equals reading hook_post by hand; ablating
-    those very neurons silences them (drop 1); an unrelated intervention leaves the
-    clean mean untouched afterwards (the intervention is removed)."""
+def test_neuron_activation_at_the_verdict_step(tiny):
+    """The mean GLU activation at the first " (" step of each continuation equals reading
+    hook_post by hand on context + " ("; ablating those very neurons silences them (drop
+    1); ablating heads at the " (" step changes it; conditions sharing a prefill equal
+    conditions run one by one."""
     import torch
 
     ctx = [c for c, _ in correct_contexts(_traces())][:3]
     neurons = [(1, 5), (1, 40), (4, 7)]
-    base = mean_neuron_activation(tiny, ctx, neurons, batch_size=2)
+    conditions = {"none": [], "silenced": [iv.ablate_neurons({1: [5, 40], 4: [7]})],
+                  "heads": [iv.ablate_heads([(0, 0), (1, 2)])]}
+    runs = run_conditions(tiny, ctx, conditions, max_new_tokens=6, batch_size=2, neurons=neurons)
     by_hand = []
     for c in ctx:
         _, cache = tiny.run_with_cache(c + " (", names=["blocks.1.mlp.hook_post", "blocks.4.mlp.hook_post"])
         by_hand += [cache["blocks.1.mlp.hook_post"][0, -1, [5, 40]], cache["blocks.4.mlp.hook_post"][0, -1, [7]]]
+    base = runs["none"][0]["neuron_activation"]
     assert abs(base - float(torch.cat(by_hand).mean())) < 1e-5
-    silenced = mean_neuron_activation(tiny, ctx, neurons, [iv.ablate_neurons({1: [5, 40], 4: [7]})])
-    assert activation_drop(base, silenced) == pytest.approx(1.0)
-    heads = mean_neuron_activation(tiny, ctx, neurons, [iv.ablate_heads([(0, 0), (1, 2)])])
-    assert heads != base
-    assert mean_neuron_activation(tiny, ctx, neurons, batch_size=2) == base
-    assert activation_drop(0.0, 1.0) == 0.0
+    assert activation_drop(base, runs["silenced"][0]["neuron_activation"]) == pytest.approx(1.0)
+    assert runs["heads"][0]["neuron_activation"] != pytest.approx(base)
+    for name, ivs in conditions.items():
+        table, conts = run_condition(tiny, ctx, ivs, max_new_tokens=6, batch_size=3, neurons=neurons)
+        assert conts == runs[name][1]
+        assert table["neuron_activation"] == pytest.approx(runs[name][0]["neuron_activation"], abs=1e-5)
+    assert run_condition(tiny, ctx, [], max_new_tokens=6)[0].get("neuron_activation") is None
+    assert activation_drop(0.0, 1.0) == 0.0 and activation_drop(None, 1.0) is None

@@ -22,6 +22,20 @@ def test_batched_left_padding_equals_single(model, texts):
     for t, out in zip(texts, batch):
         single = model.generate(t, max_new_tokens=16, stop_at_eos=False)
         assert isinstance(single, str) and single == out and out.startswith(t)
+    # the same batch as token ids with its padding mask: ids in, ids out
+    ids, mask = model.tokenize(texts)
+    out_ids = model.generate(ids, attention_mask=mask, max_new_tokens=16, stop_at_eos=False)
+    assert [t + model.tokenizer.decode(row[ids.shape[1]:].tolist(), skip_special_tokens=True)
+            for t, row in zip(texts, out_ids)] == batch
+
+
+@pytest.fixture(params=[0.0, 2.0], ids=["second-cache-at-first-firing", "recompute-every-firing"])
+def second_cache(request, monkeypatch):
+    """Triggered all-position interventions either build the second KV cache at the first
+    firing or never (rows recomputed in full at each firing): both must be exact."""
+    import verilens.hooks.generate as g
+
+    monkeypatch.setattr(g, "SECOND_CACHE_SHARE", request.param)
 
 
 def _reference_generate(model, ids, steps, make_interventions, trigger_id):
@@ -58,7 +72,7 @@ def _trigger_text(model, ids, steps):
              verilens.ablate_neurons({2: [4]}, positions="last")],
     lambda: [verilens.project_out(torch.ones(64), layers=[0, 2])],
 ], ids=["heads-all-positions", "neurons-last", "steer+neurons-last", "project-out-all"])
-def test_trigger_under_kv_cache_equals_full_recompute(qwen, texts, make):
+def test_trigger_under_kv_cache_equals_full_recompute(qwen, texts, make, second_cache):
     ids = qwen.to_tokens(texts[0])
     steps = 20
     text, tid = _trigger_text(qwen, ids, steps)
@@ -86,7 +100,7 @@ def test_always_on_intervention_equals_full_recompute(qwen, texts):
     assert torch.equal(ours, ref)
 
 
-def test_trigger_in_a_left_padded_batch_equals_full_recompute_per_row(qwen, texts):
+def test_trigger_in_a_left_padded_batch_equals_full_recompute_per_row(qwen, texts, second_cache):
     """Rows of different lengths fire on different steps; each row, and its cached
     activations at every step, equal the single-row full-recompute reference."""
     steps = 20
@@ -148,6 +162,48 @@ def test_context_hooks_apply_once_beside_interventions(qwen, texts):
     with qwen.hooks([("blocks.0.hook_resid_post", shift)] * 2), qwen.intervene(*make()):
         twice = qwen.generate(ids, max_new_tokens=steps, stop_at_eos=False)
     assert not torch.equal(twice, ref_always)  # the test sees a hook applied twice
+
+
+@pytest.mark.parametrize("make,triggered", [
+    (lambda: [], False),
+    (lambda: [verilens.ablate_heads([(1, 2)])], True),  # a second cache beside the clean one
+    (lambda: [verilens.ablate_neurons({2: [1, 5]}, positions="last")], True),  # intervened pass, cropped
+    (lambda: [verilens.ablate_heads([(0, 1)], mode="mean")], True),  # recomputed in full
+    (lambda: [verilens.ablate_heads([(1, 2)])], False),  # always on: inside the one cache
+], ids=["none", "heads-trigger", "neurons-last-trigger", "mean-trigger", "heads-always"])
+def test_generate_from_a_prefill_equals_generate_from_text(qwen, texts, make, triggered, second_cache):
+    """One prefill serves many conditions: each gives the tokens and cached activations
+    of a generate from the text, also when the prompt itself ends with the trigger."""
+    steps = 20
+    text, tid = _trigger_text(qwen, qwen.to_tokens(texts[0]), steps)
+    prompts = texts + [texts[1] + text]  # the last one fires on the first step
+    names = ["blocks.2.mlp.hook_post", "blocks.0.attn.hook_pattern"]
+    pre = qwen.prefill(prompts, cache_names=names)
+    assert pre.ids[-1, -1] == tid
+    for _ in range(2):  # the prefill is not used up
+        with qwen.intervene(*make(), when=verilens.at_token(text) if triggered else None):
+            ours, c1 = qwen.generate(pre, max_new_tokens=steps, stop_at_eos=False)
+            ref, c2 = qwen.generate(prompts, max_new_tokens=steps, stop_at_eos=False, cache_names=names)
+        assert ours == ref
+        for n in names:
+            assert torch.equal(c1[n], c2[n])
+
+
+def test_prefill_bad_use(qwen, texts):
+    with qwen.intervene(verilens.ablate_heads([(0, 0)])):
+        with pytest.raises(VerilensError, match="outside"):
+            qwen.prefill(texts)
+    pre = qwen.prefill(texts)
+    with pytest.raises(VerilensError, match="cache_names"):
+        qwen.generate(pre, max_new_tokens=2, cache_names=["blocks.0.hook_resid_post"])
+    with qwen.hooks([("blocks.0.hook_resid_post", lambda x, hook: x * 2)]):
+        with pytest.raises(VerilensError, match="hooks changed"):
+            qwen.generate(pre, max_new_tokens=2)
+    with pytest.raises(VerilensError, match="attention_mask"):
+        qwen.generate(pre, max_new_tokens=2, attention_mask=pre.mask)
+    with pytest.raises(VerilensError, match="attention_mask"):
+        qwen.generate(texts, max_new_tokens=2, attention_mask=pre.mask)
+    assert qwen.generate(pre, max_new_tokens=3) == qwen.generate(texts, max_new_tokens=3)
 
 
 def test_cache_during_generation(qwen, texts):

@@ -43,18 +43,6 @@ def classify(continuation: str, partial: bool = False) -> str:
     return "success" if _CLEAN.fullmatch(text.replace("not", "")) else "mix"
 
 
-def continue_contexts(model, contexts, max_new_tokens=100, batch_size=32, progress=False, desc="continue"):
-    """Greedy continuations of `contexts` under the model's active interventions."""
-    from tqdm.auto import tqdm
-
-    out = []
-    for s in tqdm(range(0, len(contexts), batch_size), desc=desc, disable=not progress, leave=False):
-        chunk = list(contexts[s:s + batch_size])
-        texts = model.generate(chunk, max_new_tokens=max_new_tokens, stop=["\n\n"])
-        out += [t[len(c):] for t, c in zip(texts, chunk)]
-    return out
-
-
 def outcome_table(labels) -> dict:
     """Fractions and counts of each outcome."""
     n = max(1, len(labels))
@@ -63,18 +51,65 @@ def outcome_table(labels) -> dict:
             "n": len(labels)}
 
 
-def run_condition(model, contexts, interventions=(), max_new_tokens=100, batch_size=32, partial=False,
-                  progress=False, desc="condition"):
-    """Continue every context with `interventions` on the " (" steps; returns
-    (outcome table, continuations)."""
+def run_conditions(model, contexts, conditions, max_new_tokens=100, batch_size=32, partial=False, neurons=None,
+                   progress=False):
+    """Continue every context greedily under each condition ({name: [interventions]},
+    acting on the " (" steps). Returns {name: (outcome table, continuations)}.
+
+    Each batch of contexts is prefilled once (its clean pass) and every condition starts
+    from that prefill. With `neurons` [(layer, index), ...], each table also holds
+    `neuron_activation`: their mean GLU activation (hook_post) at the first " (" step of
+    each continuation (the verdict step), under that condition; continuations that never
+    reach a " (" step are left out of it."""
+    from tqdm.auto import tqdm
+
     trigger = iv.at_token(" (")
-    if interventions:
-        with model.intervene(*interventions, when=trigger):
-            conts = continue_contexts(model, contexts, max_new_tokens, batch_size, progress, desc)
-    else:
-        conts = continue_contexts(model, contexts, max_new_tokens, batch_size, progress, desc)
-    labels = [classify(c, partial) for c in conts]
-    return outcome_table(labels), conts
+    paren = trigger.resolve(model).token_id
+    by_layer: dict[int, list[int]] = {}
+    for l, i in neurons or ():
+        by_layer.setdefault(int(l), []).append(int(i))
+    names = [f"blocks.{l}.mlp.hook_post" for l in by_layer]
+    conts = {name: [] for name in conditions}
+    acts = {name: [] for name in conditions}
+    starts = range(0, len(contexts), batch_size)
+    bar = tqdm(total=len(starts) * len(conditions), disable=not progress, leave=False)
+    for s in starts:
+        ids, mask = model.tokenize(list(contexts[s:s + batch_size]))
+        pre = model.prefill(ids, attention_mask=mask, cache_names=names or None, cache_device="cpu",
+                            cache_dtype=torch.float32)
+        for name, ivs in conditions.items():
+            bar.set_description(name)
+            with model.intervene(*ivs, when=trigger):
+                out = model.generate(pre, max_new_tokens=max_new_tokens, stop=["\n\n"])
+            out, cache = out if names else (out, None)
+            gen = out[:, ids.shape[1]:]
+            for r in range(gen.shape[0]):
+                text = model.tokenizer.decode(gen[r].tolist(), skip_special_tokens=True)
+                conts[name].append(text[: text.index("\n\n") + 2] if "\n\n" in text else text)
+            if cache is not None:
+                # step i is the pass whose last input token is gen[i - 1] (the context's last for i = 0)
+                last_in = torch.cat([ids[:, -1:], gen[:, :-1]], 1).cpu()
+                for r in range(gen.shape[0]):
+                    hits = (last_in[r] == paren).nonzero()
+                    if len(hits):
+                        i = int(hits[0])
+                        acts[name] += [cache[f"blocks.{l}.mlp.hook_post"][r, i, idx] for l, idx in by_layer.items()]
+            bar.update()
+    bar.close()
+    res = {}
+    for name in conditions:
+        table = outcome_table([classify(c, partial) for c in conts[name]])
+        if names:
+            table["neuron_activation"] = float(torch.cat(acts[name]).mean()) if acts[name] else None
+        res[name] = (table, conts[name])
+    return res
+
+
+def run_condition(model, contexts, interventions=(), max_new_tokens=100, batch_size=32, partial=False,
+                  neurons=None, progress=False):
+    """One condition of `run_conditions`: (outcome table, continuations)."""
+    return run_conditions(model, contexts, {"condition": list(interventions)}, max_new_tokens, batch_size, partial,
+                          neurons, progress)["condition"]
 
 
 def accepted_rate(continuations) -> float:
@@ -82,28 +117,9 @@ def accepted_rate(continuations) -> float:
     return sum(classify(c) == "fail" for c in continuations) / max(1, len(continuations))
 
 
-@torch.no_grad()
-def mean_neuron_activation(model, contexts, neurons, interventions=(), batch_size=32) -> float:
-    """Mean GLU activation (hook_post) of `neurons` at the " (" step of the contexts (each
-    context + " (", last position), under `interventions` (at every position of that pass,
-    as on the trigger steps of `run_condition`)."""
-    by_layer: dict[int, list[int]] = {}
-    for l, i in neurons:
-        by_layer.setdefault(int(l), []).append(int(i))
-    names = [f"blocks.{l}.mlp.hook_post" for l in by_layer]
-    texts = [c + " (" for c in contexts]
-    total, n = 0.0, 0
-    with model.intervene(*interventions):
-        for s in range(0, len(texts), batch_size):
-            _, cache = model.run_with_cache(texts[s:s + batch_size], names=names, positions="last",
-                                            device="cpu", dtype=torch.float32)
-            for l, idx in by_layer.items():
-                total += float(cache[f"blocks.{l}.mlp.hook_post"][:, 0, idx].sum())
-                n += cache[f"blocks.{l}.mlp.hook_post"].shape[0] * len(idx)
-    return total / max(1, n)
-
-
-def activation_drop(base: float, new: float) -> float:
+def activation_drop(base: float | None, new: float | None) -> float | None:
     """Relative drop of a mean activation: 0 = unchanged, 1 = silenced (how much an
-    intervention silences the verification neurons)."""
+    intervention silences the verification neurons); None when either is unknown."""
+    if base is None or new is None:
+        return None
     return 0.0 if base == 0 else (base - new) / abs(base)

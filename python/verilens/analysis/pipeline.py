@@ -130,6 +130,12 @@ class RunDir:
         return result
 
 
+def _mean(values):
+    """Mean of the known values (None where there are none)."""
+    known = [v for v in values if v is not None]
+    return sum(known) / len(known) if known else None
+
+
 def _versions() -> dict:
     import transformers
 
@@ -270,16 +276,13 @@ def analyze(model, out, settings: Settings | None = None, problems_file=None, on
         conditions[f"random_heads_{k}"] = [iv.ablate_heads(hs)]
 
     def step_interventions():
+        runs = outcomes.run_conditions(model, ctx_texts, {k: v for k, v in conditions.items() if v is not None},
+                                       settings.intervention_tokens, settings.batch_size, settings.partial,
+                                       neurons=variant_b, progress=progress)
         res = {}
-        base_act = outcomes.mean_neuron_activation(model, ctx_texts, variant_b, batch_size=settings.batch_size)
-        for name, ivs in conditions.items():
-            if ivs is None:
-                continue
-            table, conts = outcomes.run_condition(model, ctx_texts, ivs, settings.intervention_tokens,
-                                                  settings.batch_size, settings.partial, progress, desc=name)
-            act = outcomes.mean_neuron_activation(model, ctx_texts, variant_b, ivs, settings.batch_size) \
-                if ivs else base_act
-            table["neuron_activation_drop"] = outcomes.activation_drop(base_act, act)
+        for name, (table, conts) in runs.items():
+            table["neuron_activation_drop"] = outcomes.activation_drop(runs["none"][0]["neuron_activation"],
+                                                                       table["neuron_activation"])
             table["examples"] = conts[:3]
             res[name] = table
         return res
@@ -297,7 +300,7 @@ def analyze(model, out, settings: Settings | None = None, problems_file=None, on
                                  # rates are near 0 or near 1 and their mean needs many sets
                                  "success_sem": (torch.tensor([r["success"] for r in rand]).std().item()
                                                  / len(rand) ** 0.5 if len(rand) > 1 else None),
-                                 "neuron_activation_drop": sum(r["neuron_activation_drop"] for r in rand) / len(rand)}
+                                 "neuron_activation_drop": _mean([r["neuron_activation_drop"] for r in rand])}
 
     # 8. the subspace, causally
     def step_subspace():
@@ -307,17 +310,14 @@ def analyze(model, out, settings: Settings | None = None, problems_file=None, on
         wrong = [c for c, _ in wrong_contexts(traces, settings.n_contexts)]
         norm = float(pr["site_norm"][settings.steer_layers].mean())
         alphas = settings.steer_alphas or [round(f * norm, 3) for f in (0.5, 1.0, 2.0)]
-        steer = {}
-        for a in alphas:
-            vec = {l: W[l, :, 1] / W[l, :, 1].norm() for l in settings.steer_layers}
-            conts = outcomes.run_condition(model, wrong, [iv.steer(vec, settings.steer_layers, alpha=a)],
-                                           settings.intervention_tokens, settings.batch_size)[1] if wrong else []
-            steer[str(a)] = {"accepted": outcomes.accepted_rate(conts), "n": len(conts)}
-        base = outcomes.run_condition(model, wrong, [], settings.intervention_tokens, settings.batch_size)[1] \
-            if wrong else []
+        vec = {l: W[l, :, 1] / W[l, :, 1].norm() for l in settings.steer_layers}
+        steered = {"baseline": [], **{str(a): [iv.steer(vec, settings.steer_layers, alpha=a)] for a in alphas}}
+        runs = outcomes.run_conditions(model, wrong, steered, settings.intervention_tokens, settings.batch_size) \
+            if wrong else {k: (None, []) for k in steered}
+        rate = {k: outcomes.accepted_rate(conts) for k, (_, conts) in runs.items()}
         return {"projection": {"layers": settings.project_layers, **proj},
-                "steering": {"layers": settings.steer_layers, "baseline_accepted": outcomes.accepted_rate(base),
-                             "n": len(wrong), "by_alpha": steer}}
+                "steering": {"layers": settings.steer_layers, "baseline_accepted": rate.pop("baseline"),
+                             "n": len(wrong), "by_alpha": {a: {"accepted": r, "n": len(wrong)} for a, r in rate.items()}}}
 
     sub = timed("subspace", step_subspace)
 

@@ -8,19 +8,26 @@ by their trigger). How each step gets there, fastest first:
   keys and values, which by causality *are* the full-forward ones.
 - "two_caches": the same interventions, gated by one trigger: a second KV cache runs
   beside the clean one with the interventions always on; a firing row takes its logits
-  from it, the others from the clean cache. Costs at most twice a plain generate, where
-  recomputing the firing rows costs a forward over the whole sequence at each firing.
+  from it, the others from the clean cache. It is built (one forward over the sequence
+  so far) at the first step where at least SECOND_CACHE_SHARE of the live rows fire, and
+  then costs one more cached pass per step; before that, firing rows are recomputed in
+  full as below. So a trigger that never fires costs nothing, and one that fires in
+  every row (the paper's protocol) pays for the sequence once, not at every firing.
 - "last": interventions only at the last position: on firing steps one intervened
   cached pass for the new token, the cache cropped back, then the clean pass.
 - "recompute" (anything else, e.g. a mean ablation over the current pass): the clean
   cached pass, plus a full recomputed forward of the firing rows."""
 from __future__ import annotations
 
+import copy
+
 import torch
 
 from ..errors import VerilensError
 from .cache import ActivationCache
 from .names import resolve_names
+
+SECOND_CACHE_SHARE = 0.5
 
 
 def _choose(logits, do_sample, temperature, top_k, top_p, generator):
@@ -38,6 +45,64 @@ def _choose(logits, do_sample, temperature, top_k, top_p, generator):
         logits = torch.full_like(logits, float("-inf")).scatter(-1, idx, sorted_logits)
     probs = logits.softmax(-1)
     return torch.multinomial(probs, 1, generator=generator)[:, 0]
+
+
+def _step_cache_hooks(names, store, device, dtype, rows=None):
+    """Hooks that keep each name's activation at the last position of a pass in
+    `store[name] = (rows, tensor)` (rows: the batch rows it holds, None = all)."""
+    def make(name):
+        def fn(x, ctx):
+            v = x[:, :, -1] if name.endswith("hook_pattern") else x[:, -1]
+            store[name] = (rows, v.detach().to(device=device or v.device, dtype=dtype or v.dtype))
+        return fn
+    return [(n, make(n)) for n in names]
+
+
+class Prefill:
+    """The clean first pass over a batch of prompts (no interventions), kept to start
+    many `generate` calls from: e.g. one per intervention condition on the same
+    contexts, which then pay for the prompts once. Build it with `model.prefill(...)`;
+    `model.generate(prefill, ...)` returns what the prefill was built from (text or ids)
+    and caches the hooks the prefill was built with."""
+
+    def __init__(self, model, input, cache_names=None, cache_device=None, cache_dtype=None, attention_mask=None):
+        from transformers import DynamicCache
+
+        if model._active:
+            raise VerilensError("prefill runs the clean pass: build it outside `model.intervene(...)`")
+        self.model = model
+        self.given_text, self.single = not isinstance(input, torch.Tensor), isinstance(input, str)
+        self.ids, self.mask = _tokenize(model, input, attention_mask)
+        self.names = resolve_names(cache_names, model.cfg.n_layers) if cache_names is not None else []
+        self.cache_device, self.cache_dtype = cache_device, cache_dtype
+        self.context_hooks = list(model._context_hooks)
+        self.kv = DynamicCache(config=model.hf_model.config)
+        self.store: dict = {}
+        b, p = self.ids.shape
+        last = torch.full((b, 1), p - 1, dtype=torch.long, device=self.ids.device)
+        with torch.no_grad():
+            self.logits = model._run(self.ids, None, self.context_hooks + _step_cache_hooks(
+                self.names, self.store, cache_device, cache_dtype), positions=last, kv=self.kv, past=0,
+                use_cache=True, full_mask=self.mask, last_logits_only=True)[:, -1]
+
+    def check(self, model, cache_names, attention_mask):
+        if model is not self.model:
+            raise VerilensError("this prefill was built by another model")
+        if list(model._context_hooks) != self.context_hooks:
+            raise VerilensError("the model's hooks changed since this prefill was built: build it again")
+        if cache_names is not None:
+            raise VerilensError("a prefill fixes what is cached: pass cache_names to model.prefill(...)")
+        if attention_mask is not None:
+            raise VerilensError("a prefill holds its attention mask: pass attention_mask to model.prefill(...)")
+
+
+def _tokenize(model, input, attention_mask):
+    ids, mask = model.tokenize(input)
+    if attention_mask is not None:
+        if not isinstance(input, torch.Tensor) or attention_mask.shape != ids.shape:
+            raise VerilensError("attention_mask goes with token ids of the same shape (text is padded for you)")
+        mask = attention_mask.to(model.device)
+    return ids, mask
 
 
 def _mode(actives) -> str:
@@ -58,8 +123,10 @@ def _mode(actives) -> str:
 
 @torch.no_grad()
 def generate(model, input, max_new_tokens=64, do_sample=False, temperature=1.0, top_k=None, top_p=None,
-             seed=None, stop=None, stop_at_eos=True, cache_names=None, cache_device=None, cache_dtype=None):
-    """Generate from `input` (a string, a list of strings, or token ids [b, p]).
+             seed=None, stop=None, stop_at_eos=True, cache_names=None, cache_device=None, cache_dtype=None,
+             attention_mask=None):
+    """Generate from `input` (a string, a list of strings, token ids [b, p] with an optional
+    left-padding `attention_mask`, or a Prefill).
 
     Returns what it was given: token ids -> ids [b, p + new] (prompt + continuation,
     as Hugging Face does); text -> prompt + continuation text (cut after a stop string).
@@ -71,12 +138,17 @@ def generate(model, input, max_new_tokens=64, do_sample=False, temperature=1.0, 
 
     if max_new_tokens < 0:
         raise VerilensError("max_new_tokens must be >= 0")
-    given_text = not isinstance(input, torch.Tensor)
-    single = isinstance(input, str)
-    ids, mask = model.tokenize(input)
+    pre = input if isinstance(input, Prefill) else None
+    if pre is not None:
+        pre.check(model, cache_names, attention_mask)
+        given_text, single, ids, mask = pre.given_text, pre.single, pre.ids, pre.mask
+        names, cache_device, cache_dtype = pre.names, pre.cache_device, pre.cache_dtype
+    else:
+        given_text, single = not isinstance(input, torch.Tensor), isinstance(input, str)
+        ids, mask = _tokenize(model, input, attention_mask)
+        names = resolve_names(cache_names, model.cfg.n_layers) if cache_names is not None else []
     b, p0 = ids.shape
     stops = [stop] if isinstance(stop, str) else list(stop or [])
-    names = resolve_names(cache_names, model.cfg.n_layers) if cache_names is not None else []
     eos = model.tokenizer.eos_token_id
     pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else eos
     generator = None
@@ -87,37 +159,37 @@ def generate(model, input, max_new_tokens=64, do_sample=False, temperature=1.0, 
 
     actives = list(model._active)
     mode = _mode(actives)
-    kv = DynamicCache(config=model.hf_model.config)
-    ikv = DynamicCache(config=model.hf_model.config) if mode == "two_caches" else None
+    # the prefill is the prompt's clean pass: what every mode's first step needs, except
+    # interventions that live inside the one cache
+    edits = any(a.interventions for a in actives)
+    reuse = pre is not None and not (mode == "plain" and edits)
+    kv = copy.deepcopy(pre.kv) if reuse else DynamicCache(config=model.hf_model.config)
+    ikv = None  # the second cache of "two_caches", once built
     store_steps: list[dict] = []
     finished = torch.zeros(b, dtype=torch.bool, device=ids.device)
     new_tokens = []
 
     def cache_hooks(store, rows=None):
-        if not names:
-            return []
-
-        def make(name):
-            def fn(x, ctx):
-                if name.endswith(("hook_pattern", "hook_result")):
-                    v = x[:, :, -1] if name.endswith("hook_pattern") else x[:, -1]
-                else:
-                    v = x[:, -1]
-                store[name] = (rows, v.detach().to(device=cache_device or v.device, dtype=cache_dtype or v.dtype))
-            return fn
-        return [(n, make(n)) for n in names]
+        return _step_cache_hooks(names, store, cache_device, cache_dtype, rows)
 
     def cached(step_ids, hooks, cache, past, full_mask):
         last = torch.full((b, 1), step_ids.shape[1] - 1, dtype=torch.long, device=ids.device)
         return model._run(step_ids, None, hooks, positions=last, kv=cache, past=past, use_cache=True,
                           full_mask=full_mask, last_logits_only=True)[:, -1]
 
+    def clean(step_ids, store, past, full_mask):
+        if reuse and past == 0:
+            store.update(pre.store)
+            return pre.logits
+        return cached(step_ids, list(model._context_hooks) + cache_hooks(store), kv, past, full_mask)
+
     def step(step_ids, full_ids, full_mask, past):
         """Logits of the last position for every row, per the semantics above."""
+        nonlocal ikv
         store = {}
-        clean_hooks = list(model._context_hooks) + cache_hooks(store)
         if mode == "plain":
-            logits = cached(step_ids, model._active_hooks() + cache_hooks(store), kv, past, full_mask)
+            logits = cached(step_ids, model._active_hooks() + cache_hooks(store), kv, past, full_mask) \
+                if edits else clean(step_ids, store, past, full_mask)
             store_steps.append(store)
             return logits
         firing = torch.zeros(b, dtype=torch.bool, device=ids.device)
@@ -125,12 +197,21 @@ def generate(model, input, max_new_tokens=64, do_sample=False, temperature=1.0, 
             firing |= a.when.rows(full_ids) if a.when is not None else torch.ones_like(firing)
         firing &= ~finished
         istore, inter = {}, None
-        if mode == "two_caches":  # the second cache advances on every step, firing or not
-            inter = cached(step_ids, model._active_hooks(gate=False) + cache_hooks(istore), ikv, past, full_mask)
+        if mode == "two_caches":
+            if ikv is not None:  # it advances on every step, firing or not
+                inter = cached(step_ids, model._active_hooks(gate=False) + cache_hooks(istore), ikv, past, full_mask)
+            elif firing.sum() > 0 and firing.sum() >= SECOND_CACHE_SHARE * (~finished).sum():
+                ikv = DynamicCache(config=model.hf_model.config)
+                inter = cached(full_ids, model._active_hooks(gate=False) + cache_hooks(istore), ikv, 0, full_mask)
         elif mode == "last" and firing.any():
-            inter = cached(step_ids, model._active_hooks() + cache_hooks(istore), kv, past, full_mask)
-            kv.crop(-step_ids.shape[1])  # drop the intervened keys/values again
-        logits = cached(step_ids, clean_hooks, kv, past, full_mask)
+            hooks = model._active_hooks() + cache_hooks(istore)
+            if reuse and past == 0:  # the prompt is in the cache already: run it once more without
+                inter = model._run(step_ids, full_mask, hooks, positions=torch.full(
+                    (b, 1), step_ids.shape[1] - 1, dtype=torch.long, device=ids.device), last_logits_only=True)[:, -1]
+            else:
+                inter = cached(step_ids, hooks, kv, past, full_mask)
+                kv.crop(-step_ids.shape[1])  # drop the intervened keys/values again
+        logits = clean(step_ids, store, past, full_mask)
         if firing.any():
             if inter is None:  # recompute the firing rows in full
                 rows = firing.nonzero()[:, 0]

@@ -324,6 +324,13 @@ class HookedModel:
         return logits, ActivationCache(store, self, positions=pos, attention_mask=cache_mask)
 
     # -- generation -------------------------------------------------------------------
+    def prefill(self, input, cache_names=None, cache_device=None, cache_dtype=None, attention_mask=None):
+        """The clean first pass over prompts, to start many `generate` calls from
+        (see verilens.hooks.generate.Prefill)."""
+        from .generate import Prefill
+
+        return Prefill(self, input, cache_names, cache_device, cache_dtype, attention_mask)
+
     def generate(self, input, max_new_tokens: int = 64, **kwargs):
         """Batched generation with left padding (see verilens.hooks.generate.generate)."""
         from .generate import generate
