@@ -15,6 +15,12 @@ Run:  python -m pytest benchmarks/bench_hooks.py --benchmark-only -q
 Peak memory (sampled RSS above the loaded model, one fresh process per workload):
       python benchmarks/bench_hooks.py peak
 Needs the SmolLM2 folder made by the test fixture (run tests/models once) or VERILENS_SMOLLM2.
+
+On a GPU: VERILENS_BENCH_DEVICE=cuda (bf16 unless VERILENS_BENCH_DTYPE says otherwise; each
+timed call ends with a synchronize; on CUDA the runtime ablates heads through the fused
+o_proj kernel). VERILENS_SMOLLM2=random builds SmolLM2-135M's architecture with random
+weights instead of loading it (the device machine has no copy of the weights): the same
+shapes, so the same work; greedy tokens differ, so the trigger fires at other steps.
 """
 import importlib.util
 import os
@@ -33,6 +39,38 @@ BATCH, SEQ = 8, 256
 GEN_BATCH, GEN_PROMPT, GEN_NEW = 4, 128, 64
 HEADS = [(3, 1), (7, 4), (12, 2)]
 POSITIONS = [SEQ // 2, SEQ - 1]
+DEVICE = os.environ.get("VERILENS_BENCH_DEVICE", "cpu")
+DTYPE = getattr(torch, os.environ.get("VERILENS_BENCH_DTYPE", "bfloat16" if DEVICE == "cuda" else "float32"))
+RANDOM = os.environ.get("VERILENS_SMOLLM2") == "random"
+SMOLLM2_CONFIG = dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+                      num_key_value_heads=3, head_dim=64, vocab_size=49152, max_position_embeddings=8192,
+                      rms_norm_eps=1e-5, rope_parameters={"rope_type": "default", "rope_theta": 100000.0},
+                      tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=2)
+
+
+def load_smollm2():
+    if not RANDOM:
+        return verilens.load(smollm2_dir(), device=DEVICE, dtype=DTYPE)
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from verilens.hooks import HookedModel
+
+    torch.manual_seed(0)
+    hf = LlamaForCausalLM(LlamaConfig(**SMOLLM2_CONFIG)).to(DEVICE, DTYPE).eval()
+    # the workloads feed token ids; the tokenizer only resolves the " (" trigger
+    return HookedModel(hf, verilens.load("countdown-tiny").tokenizer, "smollm2-135m-architecture-random")
+
+
+def synced(fn):
+    """On CUDA a timed call ends when the GPU is done."""
+    if DEVICE != "cuda":
+        return fn
+
+    def run(*args):
+        out = fn(*args)
+        torch.cuda.synchronize()
+        return out
+    return run
 
 
 def smollm2_dir() -> Path:
@@ -156,12 +194,12 @@ class NNsight:
 @pytest.fixture(scope="module")
 def model():
     torch.set_num_threads(os.cpu_count() or 1)
-    return verilens.load(smollm2_dir())
+    return load_smollm2()
 
 
 @pytest.fixture(scope="module")
 def data(model):
-    return inputs(model.cfg.d_vocab)
+    return tuple(x.to(model.device) for x in inputs(model.cfg.d_vocab))
 
 
 def _paren(model):
@@ -202,11 +240,13 @@ def _workload(request, model, data, tool, kind):
     """(function, args) of one timed row; TL and nnsight come from their (skipping) fixtures."""
     ids = data[0] if kind == "forward" else data[1]
     if tool in ("transformerlens", "nnsight"):
+        if RANDOM or DEVICE != "cpu":
+            pytest.skip("TransformerLens and nnsight rows: the real checkpoint on CPU only")
         t = request.getfixturevalue("tl" if tool == "transformerlens" else "nns")
         return getattr(t, kind), (ids,)
     fn = {("plain_hf", "forward"): hf_forward, ("verilens", "forward"): verilens_forward,
           ("plain_hf", "generate"): hf_generate, ("verilens", "generate"): verilens_generate}[tool, kind]
-    return fn, (model, ids)
+    return synced(fn), (model, ids)
 
 
 @pytest.mark.parametrize("tool", TOOLS)
@@ -234,7 +274,7 @@ def _one(name):
     """Run one workload in this (fresh) process; print its sampled RSS peak above the
     RSS right before it (model loaded, inputs built, one warm-up run done)."""
     torch.set_num_threads(os.cpu_count() or 1)
-    m = verilens.load(smollm2_dir())
+    m = load_smollm2()
     ids, gen = inputs(m.cfg.d_vocab)
     tool, kind = name.split("_")
     if tool == "tl":

@@ -45,6 +45,10 @@ step bench_channel 300 "$PY" benchmarks/bench_channel_gpu.py --json "$OUT/bench_
 step analyze_bf16 240 "$PY" -m verilens.cli analyze --model countdown-tiny --device cuda --dtype bfloat16 \
     --n 120 --n-contexts 40 --out "$OUT/analyze_bf16" --force
 step bench_geometry 300 "$PY" -m pytest -q -s -p no:cacheprovider benchmarks/bench_geometry_gpu.py --benchmark-only
+# issue 4's hooked-runtime rows on the GPU: SmolLM2-135M's architecture (random weights: the
+# checkpoint cannot reach the device machine), bf16, fused head ablation vs plain HF
+step bench_hooks 150 env VERILENS_BENCH_DEVICE=cuda VERILENS_SMOLLM2=random "$PY" -m pytest -q \
+    -p no:cacheprovider benchmarks/bench_hooks.py --benchmark-only -k "plain_hf or verilens"
 
 echo "== summary"; cat "$OUT/summary.txt"
 echo "== tests"; tail -3 "$OUT/tests.log"
@@ -52,3 +56,4 @@ echo "== bench_kernels"; grep -E ' us  \[' "$OUT/bench_kernels.log" | cut -c1-15
 echo "== bench_channel"; grep -E '^\{' "$OUT/bench_channel.log"
 echo "== bench_geometry"; grep -E '^\{' "$OUT/bench_geometry.log" | tail -3
 echo "== analyze_bf16"; tail -2 "$OUT/analyze_bf16.log"
+echo "== bench_hooks"; grep -E '^test_' "$OUT/bench_hooks.log" | cut -c1-150
