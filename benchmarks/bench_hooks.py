@@ -14,6 +14,9 @@ checked against verilens once before timing, so every timed row does the same wo
 Run:  python -m pytest benchmarks/bench_hooks.py --benchmark-only -q
 Peak memory (sampled RSS above the loaded model, one fresh process per workload):
       python benchmarks/bench_hooks.py peak
+Paired (plain HF and verilens alternate, so the machine's drift hits both alike; the ratio
+of each pair, median and quartiles):
+      python benchmarks/bench_hooks.py paired [ROUNDS]
 Needs the SmolLM2 folder made by the test fixture (run tests/models once) or VERILENS_SMOLLM2.
 
 On a GPU: VERILENS_BENCH_DEVICE=cuda (bf16 unless VERILENS_BENCH_DTYPE says otherwise; each
@@ -302,8 +305,34 @@ def _one(name):
     print(f"{name}: {(peak[0] - base) / 2**20:.0f} MiB above the loaded model")
 
 
+def paired(rounds: int):
+    """Alternate plain HF and verilens on each workload; print the per-pair ratios."""
+    import statistics
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    m = load_smollm2()
+    ids, gen = (x.to(m.device) for x in inputs(m.cfg.d_vocab))
+    for kind, base, ours, x in (("forward", hf_forward, verilens_forward, ids),
+                                ("generate", hf_generate, verilens_generate, gen)):
+        base, ours = synced(base), synced(ours)
+        base(m, x), ours(m, x)  # warm-up
+        tb, to = [], []
+        for r in range(rounds):
+            for fn, times in ((base, tb), (ours, to)) if r % 2 == 0 else ((ours, to), (base, tb)):
+                t0 = time.perf_counter()
+                fn(m, x)
+                times.append(time.perf_counter() - t0)
+        ratios = sorted(o / b for o, b in zip(to, tb))
+        q = statistics.quantiles(ratios, n=4)
+        print(f"{kind}: plain HF median {statistics.median(tb):.3f} s, verilens {statistics.median(to):.3f} s; "
+              f"per-pair ratio median {statistics.median(ratios):.3f} (quartiles {q[0]:.3f}-{q[2]:.3f}, "
+              f"{rounds} pairs)")
+
+
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["_one"]:
+    if sys.argv[1:2] == ["paired"]:
+        paired(int(sys.argv[2]) if len(sys.argv) > 2 else 15)
+    elif sys.argv[1:2] == ["_one"]:
         _one(sys.argv[2])
     elif sys.argv[1:2] == ["peak"]:
         for name in ("hf_forward", "verilens_forward", "tl_forward", "nnsight_forward",
