@@ -52,6 +52,13 @@ def _reference_generate(model, ids, steps, make_interventions, trigger_id):
     return ids
 
 
+def _greedy_by_full_forwards(model, ids, steps):
+    """Greedy decoding with no cache: a full forward (with the active interventions) per step."""
+    for _ in range(steps):
+        ids = torch.cat([ids, model(ids)[:, -1].argmax(-1, keepdim=True)], 1)
+    return ids
+
+
 def _trigger_text(model, ids, steps):
     """A token the model generates a few times (and that round-trips as text), to use as
     the trigger."""
@@ -87,16 +94,12 @@ def test_always_on_intervention_equals_full_recompute(qwen, texts):
     make = lambda: [verilens.ablate_heads([(1, 0)])]  # noqa: E731
     with qwen.intervene(*make()):
         ours = qwen.generate(ids, max_new_tokens=12, stop_at_eos=False)
-        ref = ids.clone()
-        for _ in range(12):
-            ref = torch.cat([ref, qwen(ref)[:, -1].argmax(-1, keepdim=True)], 1)
+        ref = _greedy_by_full_forwards(qwen, ids, 12)
     assert torch.equal(ours, ref)
     # last-position-only interventions, on at every step: still a full recompute per step
     with qwen.intervene(verilens.ablate_neurons({0: list(range(40))}, positions="last")):
         ours = qwen.generate(ids, max_new_tokens=12, stop_at_eos=False)
-        ref = ids.clone()
-        for _ in range(12):
-            ref = torch.cat([ref, qwen(ref)[:, -1].argmax(-1, keepdim=True)], 1)
+        ref = _greedy_by_full_forwards(qwen, ids, 12)
     assert torch.equal(ours, ref)
 
 
@@ -134,9 +137,7 @@ def test_mean_ablation_without_reference_is_recomputed_in_full(qwen, texts):
     make = lambda: [verilens.ablate_heads([(0, 1), (2, 0)], mode="mean")]  # noqa: E731
     with qwen.intervene(*make()):
         ours = qwen.generate(ids, max_new_tokens=10, stop_at_eos=False)
-        ref = ids.clone()
-        for _ in range(10):
-            ref = torch.cat([ref, qwen(ref)[:, -1].argmax(-1, keepdim=True)], 1)
+        ref = _greedy_by_full_forwards(qwen, ids, 10)
     assert torch.equal(ours, ref)
     assert not torch.equal(ours, qwen.generate(ids, max_new_tokens=10, stop_at_eos=False))
 
@@ -155,9 +156,7 @@ def test_context_hooks_apply_once_beside_interventions(qwen, texts):
         ref = _reference_generate(qwen, ids, steps, make, tid)
         with qwen.intervene(*make()):
             always = qwen.generate(ids, max_new_tokens=steps, stop_at_eos=False)
-            ref_always = ids.clone()
-            for _ in range(steps):
-                ref_always = torch.cat([ref_always, qwen(ref_always)[:, -1].argmax(-1, keepdim=True)], 1)
+            ref_always = _greedy_by_full_forwards(qwen, ids, steps)
     assert torch.equal(ours, ref) and torch.equal(always, ref_always)
     with qwen.hooks([("blocks.0.hook_resid_post", shift)] * 2), qwen.intervene(*make()):
         twice = qwen.generate(ids, max_new_tokens=steps, stop_at_eos=False)
