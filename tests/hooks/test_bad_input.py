@@ -27,6 +27,14 @@ def test_unknown_hook_name_lists_closest(clean, texts):
         clean.run_with_hooks(texts, fwd_hooks=[("nonsense", lambda x, h: None)])
     with pytest.raises(VerilensError, match="out of range"):
         clean.run_with_cache(texts, names=["blocks.9.hook_resid_post"])
+    # short aliases, as in TransformerLens: a misspelt one fails where it is written
+    assert verilens.get_act_name("resid_post", 3) == "blocks.3.hook_resid_post"
+    assert verilens.get_act_name("attn.hook_z", 1) == "blocks.1.attn.hook_z"
+    assert verilens.get_act_name("embed") == "hook_embed"
+    with pytest.raises(VerilensError, match="closest: resid_post"):
+        verilens.get_act_name("resid_postt", 3)
+    with pytest.raises(VerilensError, match="give a layer"):
+        verilens.get_act_name("z")
 
 
 @pytest.mark.parametrize("make, match", [

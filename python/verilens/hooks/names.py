@@ -55,6 +55,10 @@ def get_act_name(name: str, layer: int | None = None) -> str:
     point = ALIASES.get(name, name)
     if point in GLOBAL_POINTS:
         return point
+    if point not in LAYER_POINTS:
+        close = difflib.get_close_matches(name, [*ALIASES, *LAYER_POINTS], n=5, cutoff=0.5)
+        hint = f"; closest: {', '.join(close)}" if close else ""
+        raise VerilensError(f"unknown hook point {name!r}{hint}")
     if layer is None:
         raise VerilensError(f"{name!r} is a per-layer hook point: give a layer")
     return f"blocks.{layer}.{point}"
