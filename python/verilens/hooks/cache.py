@@ -36,7 +36,7 @@ class ActivationCache:
         try:
             self._key(key)
             return True
-        except KeyError:
+        except (KeyError, VerilensError):
             return False
 
     def keys(self):
