@@ -36,6 +36,8 @@ def test_report_files_and_numbers(run, tiny):
         row = report["interventions"][name]
         assert abs(row["success"] + row["mix"] + row["fail"] - 1) < 1e-9, name
         assert sum(row["counts"].values()) == row["n"]
+        assert row["neuron_activation_drop"] is not None, name  # every continuation starts with " ("
+    assert report["interventions"]["none"]["neuron_activation_drop"] == 0
     rand = report["interventions"]["random_heads"]
     assert rand["seeds"] == 2
     sets = [report["interventions"][f"random_heads_{i}"]["success"] for i in range(2)]
@@ -52,7 +54,7 @@ def test_report_files_and_numbers(run, tiny):
     assert att["max_error"] < 1e-3 * max(1.0, abs(att["logit_diff"]))
     page = (out / "report.html").read_text()
     assert "data:image/png;base64," in page and "95.3" in page  # published 3B numbers beside ours
-    assert "Who writes the verdict" in page
+    assert "Who writes the verdict" in page and "activation drop" in page
     assert report["versions"]["verilens"] == verilens.__version__
 
 

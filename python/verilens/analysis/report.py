@@ -119,9 +119,13 @@ def _table_html(report: dict) -> str:
         pub = PUBLISHED_3B.get("top3_heads" if name == f"top{k}_heads" and k == 3 else name)
         ours = " / ".join(f"{100 * t.get(x, 0):.1f}" for x in ("success", "mix", "fail"))
         theirs = " / ".join(f"{x:.1f}" for x in pub) if pub else "—"
-        rows.append(f"<tr><td>{html.escape(name)}</td><td>{t['n']}</td><td>{ours}</td><td>{theirs}</td></tr>")
+        drop = t.get("neuron_activation_drop")
+        drop = f"{100 * drop:.0f} %" if drop is not None else "—"
+        rows.append(f"<tr><td>{html.escape(name)}</td><td>{t['n']}</td><td>{ours}</td><td>{theirs}</td>"
+                    f"<td>{drop}</td></tr>")
     return ("<table><tr><th>intervention</th><th>contexts</th><th>this model: success / mix / fail (%)</th>"
-            "<th>published 3B: success / mix / fail (%)</th></tr>" + "".join(rows) + "</table>")
+            "<th>published 3B: success / mix / fail (%)</th><th>verification neurons' activation drop at"
+            " \" (\"</th></tr>" + "".join(rows) + "</table>")
 
 
 def _attribution_html(report: dict) -> str:
