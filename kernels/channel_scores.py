@@ -14,11 +14,11 @@ are what verilens.analysis.channel runs on CPU; tests compare them under TRITON_
 """
 from __future__ import annotations
 
-import os
 
 import torch
 
 from verilens.errors import VerilensError
+from verilens.kernels._env import fp32_dot_precision, interpreting
 
 
 def paper_terms_ref(W_V, W_O, G, U):
@@ -115,7 +115,7 @@ def _kernels():
 
 
 def _blocks(n, dh):
-    interp = os.environ.get("TRITON_INTERPRET") == "1"  # the interpreter is fastest with few, large blocks
+    interp = interpreting()  # the interpreter is fastest with few, large blocks
     return dict(BLOCK_N=min(64, max(16, _next_pow2(n))), BLOCK_D=128 if interp else 64,
                 BLOCK_K=max(16, _next_pow2(dh)))
 
@@ -145,8 +145,8 @@ def composition_numerators(W_O, P, M):
     out = torch.empty(L * H, n, device=W_O.device, dtype=torch.float32)
     if n == 0:
         return out
-    interp = os.environ.get("TRITON_INTERPRET") == "1"
-    prec = "tf32" if (not interp and torch.backends.cuda.matmul.allow_tf32) else "ieee"  # as torch's matmul
+    interp = interpreting()
+    prec = fp32_dot_precision(interp)
     b = _blocks(n, DH)
     grid = (L * H, -(-n // b["BLOCK_N"]))
     _kernels()["composition"][grid](W_O.contiguous(), P.float().contiguous(), M.to(W_O.dtype).contiguous(), out, n,

@@ -18,10 +18,11 @@ fp32 inputs are dotted in full precision unless torch allows TF32 matmuls
 """
 from __future__ import annotations
 
-import os
 from functools import lru_cache
 
 import torch
+
+from verilens.kernels._env import fp32_dot_precision, interpreting
 
 COSINE, EUCLIDEAN = 0, 1
 
@@ -68,8 +69,6 @@ def distance_correlation_ref(A, B, metric: str = "cosine") -> float:
 
 # ----------------------------------------------------------------------------------
 # Kernel
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("0", "", "false", "False")
 
 
 @lru_cache(maxsize=2)
@@ -179,14 +178,13 @@ def pearson_sums_triton(A: torch.Tensor, B: torch.Tensor, metric: int, wa: torch
     (timed once per shape class), the interpreter uses 16x16x16."""
     import triton
 
-    interp = _interpreting()
+    interp = interpreting()
     kern = _build(interp)
     V, DA = A.shape
     DB = B.shape[1]
     assert A.stride(1) == 1 and B.stride(1) == 1 and A.dtype == B.dtype
     upcast = A.dtype in (torch.bfloat16, torch.float16) and interp
-    # fp32 dots as torch's fp32 matmuls: full precision unless torch allows TF32
-    prec = "tf32" if (not interp and torch.backends.cuda.matmul.allow_tf32) else "ieee"
+    prec = fp32_dot_precision(interp)
     acc64 = A.dtype == torch.float64
     perm_t = perm if perm is not None else torch.zeros(1, dtype=torch.int64, device=A.device)
     wa = wa.to(device=A.device, dtype=torch.float64).contiguous()

@@ -34,7 +34,6 @@ wrong) and one fixed config replaces autotuning (which needs a GPU driver).
 """
 from __future__ import annotations
 
-import os
 from collections import OrderedDict
 from dataclasses import dataclass
 from functools import lru_cache
@@ -44,6 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from verilens.errors import VerilensError
+from verilens.kernels._env import fp32_dot_precision, interpreting
 
 
 class HeadMaskedOProjOutput(NamedTuple):
@@ -247,8 +247,6 @@ def head_masked_o_proj_ref(z, weight, bias=None, *, n_heads=None, scale=None, fi
 
 # ----------------------------------------------------------------------------------
 # Kernel
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("0", "", "false", "False")
 
 
 def _gpu_configs():
@@ -427,7 +425,7 @@ def head_masked_o_proj_triton(z, weight, bias=None, *, n_heads=None, scale=None,
     import triton
 
     a = _check(z, weight, bias, n_heads, scale, fill, where, result_positions)
-    interp = _interpreting()
+    interp = interpreting()
     if not interp and not a.z.is_cuda:
         raise VerilensError("head_masked_o_proj_triton needs CUDA tensors (or TRITON_INTERPRET=1 for tests)")
     B, P, H, dh, N = a.B, a.P, a.H, a.dh, a.N
@@ -485,7 +483,7 @@ def head_masked_o_proj_triton(z, weight, bias=None, *, n_heads=None, scale=None,
     res_t = result if capture else out
 
     if dtype == torch.float32:
-        prec = "tf32" if (not interp and torch.backends.cuda.matmul.allow_tf32) else "ieee"
+        prec = fp32_dot_precision(interp)
     else:
         prec = "ieee" if interp else "tf32"  # ignored for 16-bit operands
     upcast = interp and dtype == torch.bfloat16

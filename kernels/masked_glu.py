@@ -26,7 +26,6 @@ replaces autotuning (which needs a GPU driver).
 """
 from __future__ import annotations
 
-import os
 from collections import OrderedDict
 from functools import lru_cache
 from typing import NamedTuple
@@ -35,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from verilens.errors import VerilensError
+from verilens.kernels._env import interpreting
 
 
 class MaskedGLUOutput(NamedTuple):
@@ -203,8 +203,6 @@ def masked_glu_ref(gate, up, *, scale=None, fill=None, where=None, capture_posit
 
 # ----------------------------------------------------------------------------------
 # Kernel
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("0", "", "false", "False")
 
 
 def _gpu_configs():
@@ -297,7 +295,7 @@ def masked_glu_triton(gate, up, *, scale=None, fill=None, where=None, capture_po
     import triton
 
     a = _check(gate, up, scale, fill, where, capture_positions, capture_neurons)
-    interp = _interpreting()
+    interp = interpreting()
     if not interp and not a.gate.is_cuda:
         raise VerilensError("masked_glu_triton needs CUDA tensors (or TRITON_INTERPRET=1 for tests)")
     B, P, Fd = a.B, a.P, a.F

@@ -19,6 +19,9 @@ import re
 import torch
 
 from ..hooks import interventions as iv
+from ..hooks.generate import continuation_text
+
+STOPS = ["\n\n"]  # a continuation ends at a blank line (or EOS)
 
 GIVE_AWAYS = ("<answer>", "so the answer is", "equals", "wait", "that works", "this works")
 CORRECTIONS = ("wait", "that works", "this works", "actually")
@@ -80,12 +83,10 @@ def run_conditions(model, contexts, conditions, max_new_tokens=100, batch_size=3
         for name, ivs in conditions.items():
             bar.set_description(name)
             with model.intervene(*ivs, when=trigger):
-                out = model.generate(pre, max_new_tokens=max_new_tokens, stop=["\n\n"])
+                out = model.generate(pre, max_new_tokens=max_new_tokens, stop=STOPS)
             out, cache = out if names else (out, None)
             gen = out[:, ids.shape[1]:]
-            for r in range(gen.shape[0]):
-                text = model.tokenizer.decode(gen[r].tolist(), skip_special_tokens=True)
-                conts[name].append(text[: text.index("\n\n") + 2] if "\n\n" in text else text)
+            conts[name] += [continuation_text(model.tokenizer, row, STOPS) for row in gen]
             if cache is not None:
                 # step i is the pass whose last input token is gen[i - 1] (the context's last for i = 0)
                 last_in = torch.cat([ids[:, -1:], gen[:, :-1]], 1).cpu()

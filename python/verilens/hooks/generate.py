@@ -47,6 +47,16 @@ def _choose(logits, do_sample, temperature, top_k, top_p, generator):
     return torch.multinomial(probs, 1, generator=generator)[:, 0]
 
 
+def continuation_text(tokenizer, tokens, stops=()) -> str:
+    """Generated tokens as text, cut after the first stop string (kept), as `generate`
+    returns them for text input."""
+    text = tokenizer.decode(tokens.tolist(), skip_special_tokens=True)
+    for s in stops:
+        if s in text:
+            text = text[: text.index(s) + len(s)]
+    return text
+
+
 def _step_cache_hooks(names, store, device, dtype, rows=None):
     """Hooks that keep each name's activation at the last position of a pass in
     `store[name] = (rows, tensor)` (rows: the batch rows it holds, None = all)."""
@@ -72,7 +82,7 @@ class Prefill:
             raise VerilensError("prefill runs the clean pass: build it outside `model.intervene(...)`")
         self.model = model
         self.given_text, self.single = not isinstance(input, torch.Tensor), isinstance(input, str)
-        self.ids, self.mask = _tokenize(model, input, attention_mask)
+        self.ids, self.mask = model.tokenize(input, attention_mask)
         self.names = resolve_names(cache_names, model.cfg.n_layers) if cache_names is not None else []
         self.cache_device, self.cache_dtype = cache_device, cache_dtype
         self.context_hooks = list(model._context_hooks)
@@ -94,15 +104,6 @@ class Prefill:
             raise VerilensError("a prefill fixes what is cached: pass cache_names to model.prefill(...)")
         if attention_mask is not None:
             raise VerilensError("a prefill holds its attention mask: pass attention_mask to model.prefill(...)")
-
-
-def _tokenize(model, input, attention_mask):
-    ids, mask = model.tokenize(input)
-    if attention_mask is not None:
-        if not isinstance(input, torch.Tensor) or attention_mask.shape != ids.shape:
-            raise VerilensError("attention_mask goes with token ids of the same shape (text is padded for you)")
-        mask = attention_mask.to(model.device)
-    return ids, mask
 
 
 def _mode(actives) -> str:
@@ -145,7 +146,7 @@ def generate(model, input, max_new_tokens=64, do_sample=False, temperature=1.0, 
         names, cache_device, cache_dtype = pre.names, pre.cache_device, pre.cache_dtype
     else:
         given_text, single = not isinstance(input, torch.Tensor), isinstance(input, str)
-        ids, mask = _tokenize(model, input, attention_mask)
+        ids, mask = model.tokenize(input, attention_mask)
         names = resolve_names(cache_names, model.cfg.n_layers) if cache_names is not None else []
     b, p0 = ids.shape
     stops = [stop] if isinstance(stop, str) else list(stop or [])
@@ -270,10 +271,6 @@ def generate(model, input, max_new_tokens=64, do_sample=False, temperature=1.0, 
         prompts = model.tokenizer.batch_decode(ids, skip_special_tokens=True)
         texts = []
         for r in range(b):
-            cont = model.tokenizer.decode(gen[r].tolist(), skip_special_tokens=True)
-            for s in stops:
-                if s in cont:
-                    cont = cont[: cont.index(s) + len(s)]
-            texts.append(prompts[r] + cont)
+            texts.append(prompts[r] + continuation_text(model.tokenizer, gen[r], stops))
         out = texts[0] if single else texts
     return (out, cache) if names else out

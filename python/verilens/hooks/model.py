@@ -170,8 +170,17 @@ class HookedModel:
             return self.hf_model.get_output_embeddings()(self.final_norm(x.to(self.device, self.dtype)))
 
     # -- tokens -----------------------------------------------------------------------
-    def tokenize(self, input):
-        """(input_ids [b, p], attention_mask [b, p]) with left padding."""
+    def tokenize(self, input, attention_mask=None):
+        """(input_ids [b, p], attention_mask [b, p]) with left padding. Token ids may come
+        with their own `attention_mask` (e.g. a left-padded batch); text is padded here."""
+        if attention_mask is not None:
+            if not isinstance(input, torch.Tensor):
+                raise VerilensError("attention_mask goes with token ids (text is padded for you)")
+            ids = input if input.dim() == 2 else input[None]
+            if tuple(attention_mask.shape) != tuple(ids.shape):
+                raise VerilensError(f"attention_mask of shape {tuple(attention_mask.shape)} for token ids of shape "
+                                    f"{tuple(ids.shape)}")
+            return ids.to(self.device), attention_mask.to(self.device)
         if isinstance(input, torch.Tensor):
             ids = input if input.dim() == 2 else input[None]
             return ids.to(self.device), torch.ones_like(ids, device=self.device)
@@ -254,17 +263,13 @@ class HookedModel:
 
     @torch.no_grad()
     def forward(self, input, attention_mask=None):
-        ids, mask = self.tokenize(input)
-        if attention_mask is not None:
-            mask = attention_mask.to(self.device)
+        ids, mask = self.tokenize(input, attention_mask)
         return self._run(ids, mask, self._active_hooks())
 
     @torch.no_grad()
     def run_with_hooks(self, input, fwd_hooks=(), attention_mask=None):
         """Forward with extra hooks [(name or filter, fn)] for this call only."""
-        ids, mask = self.tokenize(input)
-        if attention_mask is not None:
-            mask = attention_mask.to(self.device)
+        ids, mask = self.tokenize(input, attention_mask)
         return self._run(ids, mask, self._expand_hooks(fwd_hooks) + self._active_hooks())
 
     def _expand_hooks(self, fwd_hooks):
@@ -313,9 +318,7 @@ class HookedModel:
         `positions`: None (all), "last", an int, a list per sequence or a [batch, k]
         tensor: only those positions are kept (and attention patterns only computed
         for those query positions)."""
-        ids, mask = self.tokenize(input)
-        if attention_mask is not None:
-            mask = attention_mask.to(self.device)
+        ids, mask = self.tokenize(input, attention_mask)
         names = resolve_names(names, self.cfg.n_layers)
         pos = self._positions(positions, ids, mask)
         store = {}
