@@ -4,7 +4,7 @@
     m = verilens.load("countdown-tiny")        # built in, offline
     verilens.countdown.solve([12, 90, 60, 67], 49)
 """
-from . import countdown
+from . import countdown, ops
 from .errors import VerilensError
 from .hooks import (ActivationCache, HookedModel, ablate_heads, ablate_neurons, at_token, get_act_name, patch,
                     project_out, steer)
@@ -12,4 +12,4 @@ from .models import load
 
 __version__ = "0.1.0"
 __all__ = ["ActivationCache", "HookedModel", "VerilensError", "ablate_heads", "ablate_neurons", "at_token",
-           "countdown", "get_act_name", "load", "patch", "project_out", "steer", "__version__"]
+           "countdown", "get_act_name", "load", "ops", "patch", "project_out", "steer", "__version__"]

@@ -41,7 +41,7 @@ def test_sums_with_permutation_and_bf16(rng, metric, code):
         wa, wb = 1 / A64.norm(dim=1), 1 / B64.norm(dim=1)
     else:
         wa, wb = (A64 ** 2).sum(1), (B64 ** 2).sum(1)
-    got = pearson_sums_triton(A, B, code, wa, wb, cx=0.9, cy=1.1, perm=perm)
+    got = pearson_sums_triton(A, B, code, wa, wb, cx=0.9, cy=1.1, perm=perm).tolist()
     ref = pearson_sums_ref(A64.cpu(), B64.cpu(), metric, cx=0.9, cy=1.1, perm=perm.cpu())
     assert got[0] == ref[0] == V * (V - 1) // 2
     # bf16 inputs are exact in fp32: only the fp32 accumulation of the dots differs

@@ -1,6 +1,6 @@
 """The hooked model runs head and neuron ablations through the fused kernels (on CUDA by
-default; here forced with model.kernels = "triton", in the interpreter) and gets the
-numbers of the plain hook path (model.kernels = "off")."""
+default; here forced with model.backend = "triton", in the interpreter) and gets the
+numbers of the plain hook path (model.backend = "torch")."""
 import pytest
 import torch
 
@@ -45,12 +45,12 @@ def spy(monkeypatch):
 def both(model, run):
     """run() with the hook path and with the fused kernels; always back to "auto"."""
     try:
-        model.kernels = "off"
+        model.backend = "torch"
         ref = run()
-        model.kernels = "triton"
+        model.backend = "triton"
         got = run()
     finally:
-        model.kernels = "auto"
+        model.backend = "auto"
     assert not any("forward" in m.__dict__ for m in model.hf_model.modules()), "a forward override was left behind"
     return ref, got
 
@@ -104,11 +104,11 @@ def test_fused_generate_equals_hook_path(model, texts, spy):
 
 
 def test_kernels_setting_is_checked(model, texts):
-    model.kernels = "fast"
+    model.backend = "fast"
     try:
-        with pytest.raises(verilens.VerilensError, match="model.kernels"):
+        with pytest.raises(verilens.VerilensError, match="model.backend"):
             with model.intervene(verilens.ablate_heads([(0, 0)])):
                 model(texts)
     finally:
-        model.kernels = "auto"
+        model.backend = "auto"
     assert not any("forward" in m.__dict__ for m in model.hf_model.modules())

@@ -41,22 +41,20 @@ def _compile_all() -> dict:
 
     out = {}
     hk = H._build(False)
-    #        dtype   mode fill  all_heads capture d_head
-    for dt, mode, fill, allh, cap, dh in [("fp16", 0, False, True, False, 128), ("fp16", 0, False, False, False, 128),
-                                          ("bf16", 0, True, False, True, 128), ("fp16", 1, True, True, True, 128),
-                                          ("fp32", 1, False, True, True, 64), ("bf16", 1, False, True, False, 80),
-                                          ("fp16", 0, False, True, True, 24)]:
-        archs = (80, 90) if (mode, fill, cap, dh) == (0, False, False, 128) else (90,)
+    #        dtype   edit  fill  capture d_head
+    for dt, edit, fill, cap, dh in [("fp16", False, False, False, 128), ("fp16", True, False, False, 128),
+                                    ("bf16", True, True, True, 128), ("fp32", True, False, True, 64),
+                                    ("bf16", True, False, False, 80), ("fp16", False, False, True, 24)]:
+        archs = (80, 90) if (fill, cap, dh) == (False, False, 128) else (90,)
         ptr = "*" + dt
-        sig = dict(Z=ptr, W=ptr, OUT=ptr, S="*fp32", FILL="*fp32", HEADS="*i32", BIAS=ptr, CONST="*fp32", POS="*i64",
-                   RES=ptr, M="i32", N="i32", P="i32", KP="i32", R="i32", n_active="i32", stride_zm="i32",
-                   stride_wn="i32", stride_wk="i32", stride_sm="i32", M_BUCKET="i32")
-        consts = dict(stride_wk=1, H=16, HP=16, DH=dh, MODE=mode, HAS_FILL=fill, HAS_BIAS=True,
-                      HAS_CONST=fill and mode == 0, ALL_HEADS=allh, CAPTURE=cap, CAP_EDIT=mode == 1 or not allh,
-                      UPCAST=False, PREC="ieee" if dt == "fp32" else "tf32", BLOCK_M=128, BLOCK_N=128,
+        sig = dict(Z=ptr, W=ptr, OUT=ptr, S="*fp32", FILL="*fp32", BIAS=ptr, POS="*i64", RES=ptr, M="i32", N="i32",
+                   P="i32", KP="i32", R="i32", stride_zm="i32", stride_wn="i32", stride_wk="i32", stride_sm="i32",
+                   M_BUCKET="i32")
+        consts = dict(stride_wk=1, H=16, DH=dh, EDIT=edit, HAS_FILL=fill, HAS_BIAS=True, CAPTURE=cap, UPCAST=False,
+                      PREC="ieee" if dt == "fp32" else "tf32", BLOCK_M=128, BLOCK_N=128,
                       BLOCK_K=H._block_k(dh, 4 if dt == "fp32" else 2, False), BLOCK_R=16, GROUP_M=8)
         for arch in archs:
-            out[f"head/{dt}/mode{mode}/fill{int(fill)}/all{int(allh)}/cap{int(cap)}/dh{dh}/sm{arch}"] = compile_one(
+            out[f"head/{dt}/edit{int(edit)}/fill{int(fill)}/cap{int(cap)}/dh{dh}/sm{arch}"] = compile_one(
                 hk, sig, consts, arch, 8)
     gk = G._build(False)
     for dt, sc, fl, wh, cap, cpos, cidx in [("fp16", False, False, False, False, False, False),
@@ -108,11 +106,7 @@ def test_kernels_compile_for_sm80_and_sm90():
         pytest.skip("ptxas not available")
     assert r.returncode == 0, r.stderr[-4000:]
     shared = json.loads(r.stdout.strip().splitlines()[-1])
-    assert len(shared) == 20
-    for arch in (80, 90):  # the kept-heads loop is staged like the plain GEMM's
-        plain = shared[f"head/fp16/mode0/fill0/all1/cap0/dh128/sm{arch}"]
-        kept = shared[f"head/fp16/mode0/fill0/all0/cap0/dh128/sm{arch}"]
-        assert kept == plain, (arch, kept, plain)
+    assert len(shared) == 19
 
 
 if __name__ == "__main__":

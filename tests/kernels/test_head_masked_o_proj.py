@@ -204,7 +204,7 @@ def test_bad_inputs():
         ops.head_masked_o_proj(z, W, n_heads=5)
     with pytest.raises(VerilensError, match="weight"):
         ops.head_masked_o_proj(z, torch.randn(8, 10), n_heads=3)
-    with pytest.raises(VerilensError, match="3 values"):
+    with pytest.raises(VerilensError, match=r"scale must be \[n_heads\] = \[3\]"):
         ops.head_masked_o_proj(z, W, n_heads=3, scale=[1, 0])
     with pytest.raises(VerilensError, match=r"\[2, 3, 3\]"):
         ops.head_masked_o_proj(z, W, n_heads=3, scale=torch.ones(2, 4, 3))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import torch
 
+from .. import ops
 from ..errors import VerilensError
 
 
@@ -48,33 +49,25 @@ def ov_diagonals(model) -> torch.Tensor:
     return torch.einsum("lhmk,lhkm->lhm", model.W_V.float(), model.W_O.float())
 
 
-def _triton(x: torch.Tensor) -> bool:
-    from ..ops import triton_available
-
-    return x.is_cuda and triton_available()
-
-
-def paper_scores(W_V: torch.Tensor, W_O: torch.Tensor, G: torch.Tensor, U: torch.Tensor) -> torch.Tensor:
+def paper_scores(W_V: torch.Tensor, W_O: torch.Tensor, G: torch.Tensor, U: torch.Tensor,
+                 backend: str = "auto") -> torch.Tensor:
     """The paper's channel score from weights: W_V [L, KV, d, dh] (per KV head; shared by
     its query heads), W_O [L, H, dh, d], gate rows G and up rows U [n, d] of the neurons.
     Returns [L, H]: mean_i SiLU(g_i . ov_h) * (u_i . ov_h), ov_h = diag(W_V^h W_O^h).
-    One Triton kernel on CUDA (verilens.kernels.channel_scores); batched matmuls elsewhere."""
+    One Triton kernel on CUDA, batched matmuls elsewhere (verilens.ops.channel_paper_terms;
+    `backend` as there)."""
     L, H = W_O.shape[:2]
-    if _triton(W_O):
-        from ..kernels.channel_scores import paper_terms
-
-        return paper_terms(W_V, W_O, G.to(W_O.device), U.to(W_O.device)).mean(1).view(L, H)
-    from ..kernels.channel_scores import paper_terms_ref
-
-    return paper_terms_ref(W_V, W_O, G.to(W_O.device), U.to(W_O.device)).mean(1).view(L, H)
+    return ops.channel_paper_terms(W_V, W_O, G.to(W_O.device), U.to(W_O.device), backend=backend).mean(1).view(L, H)
 
 
-def composition_scores(W_V: torch.Tensor, W_O: torch.Tensor, M: torch.Tensor, chunk_heads: int = 64) -> torch.Tensor:
+def composition_scores(W_V: torch.Tensor, W_O: torch.Tensor, M: torch.Tensor, chunk_heads: int = 64,
+                       backend: str = "auto") -> torch.Tensor:
     """[n, L, H] composition score of every head into every row of M [n, d] (the neurons'
     up rows), ||m_i (W_V^h W_O^h)^T|| / (||m_i|| ||W_V^h W_O^h||_F), from the factors:
     with X = m B^T and P = A^T A per KV head (A = W_V^h, B = W_O^h), the numerator is
     sqrt(X P X^T) and ||AB||_F^2 = sum(P * B B^T). No d x d matrix is formed. The
-    numerators run in one Triton kernel on CUDA, in chunked batched matmuls elsewhere."""
+    numerators run in one Triton kernel on CUDA, in chunked batched fp32 matmuls elsewhere
+    (verilens.ops.composition_numerators; `backend` as there)."""
     L, H, dh, d = W_O.shape
     KV = W_V.shape[1]
     # 16-bit weights on a GPU: the M W_O^T products in that dtype (tensor cores, fp32 sums);
@@ -84,16 +77,7 @@ def composition_scores(W_V: torch.Tensor, W_O: torch.Tensor, M: torch.Tensor, ch
     P_kv = W_V.float().transpose(-1, -2) @ W_V.float()  # [L, KV, dh, dh]: once per KV head
     P = P_kv.repeat_interleave(H // KV, dim=1).flatten(0, 1)  # [L*H, dh, dh]
     B = W_O.flatten(0, 1)
-    if _triton(W_O):
-        from ..kernels.channel_scores import composition_numerators
-
-        num = composition_numerators(W_O, P_kv, M)
-    else:
-        num = []
-        for s in range(0, B.shape[0], chunk_heads):
-            X = torch.einsum("nm,ckm->cnk", M, B[s:s + chunk_heads].to(cdt)).float()  # M B^T per head: [c, n, dh]
-            num.append(((X @ P[s:s + chunk_heads]) * X).sum(-1).clamp(min=0).sqrt())
-        num = torch.cat(num)
+    num = ops.composition_numerators(W_O if W_O.is_cuda else W_O.float(), P_kv, M, backend=backend)
     fro = []
     for s in range(0, B.shape[0], chunk_heads):
         b = B[s:s + chunk_heads].float()

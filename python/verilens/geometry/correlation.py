@@ -26,11 +26,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .. import ops
 from ..errors import VerilensError
 from ._inputs import Prepared, prepare_pair
 
 BACKENDS = ("auto", "blas", "core", "torch", "triton")
-_METRIC_CODE = {"cosine": 0, "euclidean": 1}
 _PILOT_PAIRS = 2000  # the shift only needs to be near the mean distance
 
 
@@ -190,30 +190,6 @@ def _default_tile(V: int, dtype: torch.dtype) -> int:
     return int(min(V, 2048 if dtype == torch.float32 else 1024))
 
 
-def _torch_tile_sums(ga, gb, i0, j0, upper, metric, nar, nac, nbr, nbc, cx, cy):
-    ga = ga.double()
-    gb = gb.double()
-    if metric == 0:
-        x = (1.0 - cx) - ga * nar[:, None] * nac[None, :]
-        y = (1.0 - cy) - gb * nbr[:, None] * nbc[None, :]
-    else:
-        x = torch.sqrt(torch.clamp(nar[:, None] + nac[None, :] - 2.0 * ga, min=0.0)) - cx
-        y = torch.sqrt(torch.clamp(nbr[:, None] + nbc[None, :] - 2.0 * gb, min=0.0)) - cy
-    if upper:
-        m, n = ga.shape
-        rows = torch.arange(i0, i0 + m)[:, None]
-        cols = torch.arange(j0, j0 + n)[None, :]
-        keep = (cols > rows).double()
-        x = x * keep
-        y = y * keep
-        cnt = float(keep.sum())
-    else:
-        cnt = float(ga.numel())
-    # torch.sum on CPU uses pairwise (cascade) summation
-    return (cnt, float(x.sum()), float(y.sum()), float((x * x).sum()), float((y * y).sum()),
-            float((x * y).sum()))
-
-
 def _tile_sums_multi(prep: Prepared, metric: str, wa, wb, mu_a, mu_b, cx, cy, perms,
                      backend: str, tile: int | None, progress=None):
     """Sums for each B row map in `perms` (None = identity) in one sweep over the tiles:
@@ -221,8 +197,7 @@ def _tile_sums_multi(prep: Prepared, metric: str, wa, wb, mu_a, mu_b, cx, cy, pe
     A, B = prep.A, prep.B
     V = A.shape[0]
     t = tile or _default_tile(V, A.dtype)
-    mcode = _METRIC_CODE[metric]
-    core = _core() if backend == "blas" else None
+    tile_backend = "torch" if backend == "torch" else "auto"  # "blas": the compiled core's reduction
     results = [_Sums() for _ in perms]
     perms_t = [None if p is None else torch.as_tensor(p, dtype=torch.int64) for p in perms]
 
@@ -253,58 +228,35 @@ def _tile_sums_multi(prep: Prepared, metric: str, wa, wb, mu_a, mu_b, cx, cy, pe
                     nbr, nbc = wb[i0:i1], wb[j0:j1]
                 else:
                     nbr, nbc = wb[p[i0:i1]], wb[p[j0:j1]]
-                upper = j0 == i0
-                if core is not None:
-                    six = core.geometry_tile_sums(
-                        ga.numpy(), gb.numpy(), i0, j0, upper, mcode,
-                        nar.numpy(), nac.numpy(), nbr.contiguous().numpy(), nbc.contiguous().numpy(), cx, cy)
-                else:
-                    six = _torch_tile_sums(ga, gb, i0, j0, upper, mcode, nar, nac, nbr, nbc, cx, cy)
-                results[k].add(six)
+                six = ops.dcor_tile_sums(ga, gb, nar, nac, nbr, nbc, i0=i0, j0=j0, upper=j0 == i0, metric=metric,
+                                         cx=cx, cy=cy, backend=tile_backend)
+                results[k].add(six.tolist())
             if progress is not None:
                 progress.update(1)
     return [r.values() for r in results]
 
 
-def _core_sums_multi(prep, metric, wa, wb, cx, cy, perms, block_rows=48):
-    core = _core()
-    A = prep.A.contiguous()
-    B = prep.B.contiguous()
-    if metric == "euclidean":  # the fused kernel works on raw rows: centre them (one copy each)
-        mu_a, mu_b = A.double().mean(0), B.double().mean(0)
-        A = (A.double() - mu_a).to(prep.A.dtype)
-        B = (B.double() - mu_b).to(prep.B.dtype)
-    out = []
-    for p in perms:
-        pn = None if p is None else np.ascontiguousarray(np.asarray(p, dtype=np.int64))
-        out.append(list(core.geometry_stream_sums(A.numpy(), B.numpy(), pn, _METRIC_CODE[metric],
-                                                  wa.numpy(), wb.numpy(), cx, cy, block_rows)))
-    return out
-
-
-def _triton_sums_multi(prep, metric, wa, wb, mu_a, mu_b, cx, cy, perms, block=None):
-    from verilens.kernels.distance_correlation import pearson_sums_triton
-
+def _stream_sums_multi(prep, metric, wa, wb, mu_a, mu_b, cx, cy, perms, backend):
+    """The fused one-pass sums (verilens.ops.dcor_stream_sums): the compiled core's
+    kernel on CPU ("core"), the Triton kernel on CUDA ("triton")."""
     A, B = prep.A, prep.B
-    if metric == "euclidean":
+    if metric == "euclidean":  # the fused kernels work on raw rows: centre them (one copy each)
         A = (A.double() - mu_a.to(A.device)).to(A.dtype)
         B = (B.double() - mu_b.to(B.device)).to(B.dtype)
     out = []
     for p in perms:
-        pt = None if p is None else torch.as_tensor(p, dtype=torch.int64, device=A.device)
-        out.append(list(pearson_sums_triton(A.contiguous(), B.contiguous(), _METRIC_CODE[metric],
-                                            wa, wb, cx, cy, perm=pt, block=block)))
+        pt = None if p is None else torch.as_tensor(np.asarray(p), dtype=torch.int64, device=A.device)
+        six = ops.dcor_stream_sums(A.contiguous(), B.contiguous(), wa.to(A.device), wb.to(A.device), metric=metric,
+                                   cx=cx, cy=cy, perm=pt, backend="triton" if backend == "triton" else "auto")
+        out.append(six.tolist())
     return out
 
 
 def _sums_for(prep, metric, perms, backend, tile=None, seed=0, progress=None):
     wa, wb, mu_a, mu_b = _weights(prep, metric)
     cx, cy = _pilot_shift(prep, metric, seed)
-    if backend == "core":
-        return _core_sums_multi(prep, metric, wa.cpu(), wb.cpu(), cx, cy, perms)
-    if backend == "triton":
-        return _triton_sums_multi(prep, metric, wa, wb, mu_a, mu_b, cx, cy, perms,
-                                  block=None if tile is None else (tile, tile, 16))
+    if backend in ("core", "triton"):
+        return _stream_sums_multi(prep, metric, wa, wb, mu_a, mu_b, cx, cy, perms, backend)
     return _tile_sums_multi(prep, metric, wa, wb, mu_a, mu_b, cx, cy, perms, backend, tile, progress)
 
 

@@ -137,22 +137,37 @@ class ablate_heads(Intervention):
 
 class HeadEdit:
     """The hook_z edit of `ablate_heads` at one layer. As a hook function it edits z;
-    `plan` states the same edit as the fused o_proj kernel's arguments (per-head scale,
+    `plan` states the same edit as the fused o_proj op's arguments (per-head scale,
     fill, where), so on CUDA the runtime runs o_proj and the ablation as one kernel."""
 
     def __init__(self, iv, layer, heads, n_heads):
         self.iv, self.layer, self.heads = iv, layer, heads
-        self.scale = torch.ones(n_heads)  # on the CPU: the kernel picks its path without a device sync
-        self.scale[heads] = 0
+        self.scale = _Scale(n_heads, heads)
 
     def plan(self, z, ctx):
-        return self.scale, self.iv.fill(self.layer, z, ctx), position_and_rows(ctx, self.iv.positions, z)
+        return self.scale.on(z.device), self.iv.fill(self.layer, z, ctx), position_and_rows(ctx, self.iv.positions, z)
 
     def __call__(self, z, ctx):
         new = z.clone()
         fill = self.iv.fill(self.layer, z, ctx)
         new[:, :, self.heads] = 0 if fill is None else fill[self.heads]
         return _select(ctx, self.iv.positions, new, z)
+
+
+class _Scale:
+    """A 0/1 scale (0 at `dropped`), with one copy per device it is used on: moved once,
+    so a decoding step's kernel call needs no host-to-device copy."""
+
+    def __init__(self, n, dropped):
+        self.host = torch.ones(n)
+        self.host[list(dropped)] = 0
+        self.copies = {}
+
+    def on(self, device):
+        key = str(device)
+        if key not in self.copies:
+            self.copies[key] = self.host.to(device)
+        return self.copies[key]
 
 
 class ablate_neurons(Intervention):
@@ -187,15 +202,14 @@ class ablate_neurons(Intervention):
 
 class NeuronEdit:
     """The mlp.hook_post edit of `ablate_neurons` at one layer; `plan` states it as the
-    fused GLU kernel's arguments (neuron scale, fill, where), like HeadEdit."""
+    fused GLU op's arguments (neuron scale, fill, where), like HeadEdit."""
 
     def __init__(self, iv, idx, d_mlp):
         self.iv, self.idx = iv, torch.tensor(idx)
-        self.scale = torch.ones(d_mlp)
-        self.scale[self.idx] = 0
+        self.scale = _Scale(d_mlp, idx)
 
     def plan(self, x, ctx):
-        return self.scale, self.iv.value, position_and_rows(ctx, self.iv.positions, x)
+        return self.scale.on(x.device), self.iv.value, position_and_rows(ctx, self.iv.positions, x)
 
     def __call__(self, x, ctx):
         new = x.clone()

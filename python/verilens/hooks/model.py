@@ -58,10 +58,11 @@ class HookedModel:
         self.cfg = _config_of(hf_model)
         self._context_hooks: list = []
         self._active: list[Active] = []
-        # Fused kernels for head and neuron ablations (verilens.ops): "auto" uses them on
-        # CUDA (Triton), "triton" always (CPU tensors need TRITON_INTERPRET=1: for tests),
-        # "off" never; without them the edit is a hook on z / the GLU activation.
-        self.kernels = "auto"
+        # How head and neuron ablations run, in verilens.ops' vocabulary: "auto" fuses them
+        # into o_proj / the GLU through the registered ops on CUDA and edits by hook in
+        # torch elsewhere, "torch" always edits by hook (hook_z / hook_post), "triton"
+        # always runs the Triton kernels (CPU tensors need TRITON_INTERPRET=1: for tests).
+        self.backend = "auto"
         params = inspect.signature(hf_model.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
         if tokenizer is not None and tokenizer.pad_token is None:

@@ -17,7 +17,6 @@ from ..errors import VerilensError
 from .names import parse_name
 
 READ_ONLY = ("attn.hook_pattern", "attn.hook_result")
-KERNELS = ("auto", "triton", "off")
 
 
 class _Restore:
@@ -109,19 +108,19 @@ class HookSession:
         return name in self.by_name
 
     def _fusable(self, name, weight):
-        """The single planned edit at `name` when the fused kernel should run it, else None."""
-        fns = self.by_name.get(name, ())
-        mode = self.model.kernels
-        if mode not in KERNELS:
-            raise VerilensError(f"model.kernels must be one of {', '.join(KERNELS)}, got {mode!r}")
-        if len(fns) != 1 or not hasattr(fns[0], "plan") or mode == "off":
-            return None
-        if mode == "auto":
-            from ..ops import triton_available
+        """(the single planned edit at `name`, the ops backend) when a fused op should run
+        it, else None (model.backend: see HookedModel)."""
+        from ..ops import BACKENDS, triton_available
 
-            if not (weight.is_cuda and triton_available()):
-                return None
-        return fns[0]
+        fns = self.by_name.get(name, ())
+        mode = self.model.backend
+        if mode not in BACKENDS:
+            raise VerilensError(f"model.backend must be one of {', '.join(BACKENDS)}, got {mode!r}")
+        if len(fns) != 1 or not hasattr(fns[0], "plan") or mode == "torch":
+            return None
+        if mode == "auto" and not (weight.is_cuda and triton_available()):
+            return None
+        return fns[0], mode
 
     def _override(self, module, forward):
         self.handles.append(_Restore(module))
@@ -199,7 +198,7 @@ class HookSession:
 
         fused_z = self._fusable(n("attn.hook_z"), attn.o_proj.weight)
         if fused_z is not None:
-            self._override(attn.o_proj, self._fused_o_proj(l, attn.o_proj, fused_z))
+            self._override(attn.o_proj, self._fused_o_proj(l, attn.o_proj, *fused_z))
         elif "attn.hook_z" in points or "attn.hook_result" in points:
             def o_pre(mod, args, kwargs):
                 x = _first_arg(args, kwargs, "input")
@@ -232,7 +231,7 @@ class HookSession:
                 self._post(mod, lambda _m, a, k, out, point=point: self._apply(n(point), l, out))
         fused_glu = self._fusable(n("mlp.hook_post"), mlp.down_proj.weight)
         if fused_glu is not None and self.model.cfg.act_fn == "silu":
-            self._override(mlp, self._fused_mlp(l, mlp, fused_glu))
+            self._override(mlp, self._fused_mlp(l, mlp, *fused_glu))
         elif "mlp.hook_post" in points:
             def down_pre(mod, args, kwargs):
                 x = _first_arg(args, kwargs, "input")
@@ -251,7 +250,7 @@ class HookSession:
                     return (new,) + tuple(out[1:]) if is_tuple else new
             self._post(block, layer_post)
 
-    def _fused_o_proj(self, l, o_proj, edit):
+    def _fused_o_proj(self, l, o_proj, edit, backend):
         """o_proj with the head edit (and hook_result, if asked for) in one kernel."""
         from ..ops import head_masked_o_proj
 
@@ -265,13 +264,13 @@ class HookSession:
             want = self.wants(result_name)
             positions = (self.info.positions if self.info.positions is not None else "all") if want else None
             out, result = head_masked_o_proj(x, o_proj.weight, o_proj.bias, n_heads=H, scale=scale, fill=fill,
-                                             where=where, result_positions=positions, backend="triton")
+                                             where=where, result_positions=positions, backend=backend)
             if want:
                 self._apply(result_name, l, result, writable=False)
             return out
         return forward
 
-    def _fused_mlp(self, l, mlp, edit):
+    def _fused_mlp(self, l, mlp, edit, backend):
         """down_proj(SiLU(gate) * up) with the neuron edit fused into the GLU kernel; the
         gate/up/down modules still run as modules, so their hooks fire."""
         from ..ops import masked_glu
@@ -282,7 +281,7 @@ class HookSession:
             gate, up = mlp.gate_proj(x), mlp.up_proj(x)
             plan = edit.plan(gate, HookContext(name, l, self.info))
             scale, fill, where = plan if plan is not None else (None, None, None)
-            act, _ = masked_glu(gate, up, scale=scale, fill=fill, where=where, backend="triton")
+            act, _ = masked_glu(gate, up, scale=scale, fill=fill, where=where, backend=backend)
             return mlp.down_proj(act)
         return forward
 

@@ -1,4 +1,12 @@
-"""Streaming distance correlation on the GPU: one Triton kernel.
+"""The distance correlation's Pearson sums: two registered ops and the GPU kernel.
+
+    torch.ops.verilens.dcor_tile_sums    six sums over one Gram tile (CPU: the compiled
+                                         core's vectorised reduction; CUDA: torch, float64)
+    torch.ops.verilens.dcor_stream_sums  six sums over all pairs in one fused pass (CPU: the
+                                         compiled core's cache-blocked kernel; CUDA: the
+                                         Triton kernel below)
+
+The Triton kernel:
 
 Each program takes one tile (rows I, columns J, J >= I) of the token x token plane,
 computes both models' Gram tiles with tensor-core dots (`tl.dot`), turns them into
@@ -19,12 +27,15 @@ fp32 inputs are dotted in full precision unless torch allows TF32 matmuls
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Optional
 
 import torch
 
-from verilens.kernels._env import fp32_dot_precision, interpreting
+from verilens.errors import VerilensError
+from verilens.kernels._launch import fp32_dot_precision, interpreting, require_kernel_device
 
 COSINE, EUCLIDEAN = 0, 1
+METRICS = {"cosine": COSINE, "euclidean": EUCLIDEAN}
 
 
 # ----------------------------------------------------------------------------------
@@ -168,8 +179,9 @@ _TUNED: dict = {}
 
 def pearson_sums_triton(A: torch.Tensor, B: torch.Tensor, metric: int, wa: torch.Tensor,
                         wb: torch.Tensor, cx: float = 0.0, cy: float = 0.0, perm=None,
-                        block=None):
-    """The six sums (n, Sx, Sy, Sxx, Syy, Sxy) by the Triton kernel.
+                        block=None) -> torch.Tensor:
+    """The six sums (n, Sx, Sy, Sxx, Syy, Sxy) by the Triton kernel, a float64 [6] tensor
+    on A's device.
 
     A: [V, DA], B: [rows, DB] (same dtype, unit stride along the feature axis);
     wa/wb float64: inverse norms (cosine) or squared norms (euclidean); perm: int64
@@ -221,6 +233,162 @@ def pearson_sums_triton(A: torch.Tensor, B: torch.Tensor, metric: int, wa: torch
                     best = (t, c)
             _TUNED[key] = best[1] if best else (64, 64, 32, 4, 2)
         cfg = _TUNED[key]
-    out = launch(cfg).view(-1, 6)
-    s = out.sum(dim=0).cpu()
-    return tuple(float(v) for v in s)
+    return launch(cfg).view(-1, 6).sum(dim=0)
+
+
+# ----------------------------------------------------------------------------------
+# The registered ops
+def _core():
+    try:
+        from verilens import _core
+
+        return _core if hasattr(_core, "geometry_tile_sums") else None
+    except ImportError:
+        return None
+
+
+def _metric(op, metric) -> int:
+    if metric not in METRICS:
+        raise VerilensError(f"{op}: metric must be one of {sorted(METRICS)}, got {metric!r}")
+    return METRICS[metric]
+
+
+def _check_tile(ga, gb, wa_rows, wa_cols, wb_rows, wb_cols):
+    op = "dcor_tile_sums"
+    if not isinstance(ga, torch.Tensor) or ga.dim() != 2:
+        raise VerilensError(f"{op}: ga must be a [rows, cols] Gram tile, got {getattr(ga, 'shape', type(ga))}")
+    m, n = ga.shape
+    for name, t, want in (("gb", gb, (m, n)), ("wa_rows", wa_rows, (m,)), ("wa_cols", wa_cols, (n,)),
+                          ("wb_rows", wb_rows, (m,)), ("wb_cols", wb_cols, (n,))):
+        if not isinstance(t, torch.Tensor) or tuple(t.shape) != want:
+            raise VerilensError(f"{op}: {name} must be {list(want)}, got {list(getattr(t, 'shape', []))}")
+        if t.device != ga.device:
+            raise VerilensError(f"{op}: {name} is on {t.device}, ga on {ga.device}: put them on one device")
+    if gb.dtype != ga.dtype or not ga.is_floating_point():
+        raise VerilensError(f"{op}: ga and gb must share one floating dtype, got {ga.dtype} and {gb.dtype}")
+
+
+def _tile_ref(ga, gb, wa_rows, wa_cols, wb_rows, wb_cols, i0, j0, upper, metric, cx, cy):
+    ga, gb = ga.double(), gb.double()
+    nar, nac, nbr, nbc = (t.double() for t in (wa_rows, wa_cols, wb_rows, wb_cols))
+    if metric == COSINE:
+        x = (1.0 - cx) - ga * nar[:, None] * nac[None, :]
+        y = (1.0 - cy) - gb * nbr[:, None] * nbc[None, :]
+    else:
+        x = torch.sqrt(torch.clamp(nar[:, None] + nac[None, :] - 2.0 * ga, min=0.0)) - cx
+        y = torch.sqrt(torch.clamp(nbr[:, None] + nbc[None, :] - 2.0 * gb, min=0.0)) - cy
+    m, n = ga.shape
+    if upper:
+        keep = (torch.arange(j0, j0 + n, device=ga.device)[None, :]
+                > torch.arange(i0, i0 + m, device=ga.device)[:, None]).double()
+        x, y, cnt = x * keep, y * keep, keep.sum()
+    else:
+        cnt = torch.tensor(float(m * n), dtype=torch.float64, device=ga.device)
+    # torch.sum on CPU uses pairwise (cascade) summation
+    return torch.stack([cnt, x.sum(), y.sum(), (x * x).sum(), (y * y).sum(), (x * y).sum()])
+
+
+@torch.library.custom_op("verilens::dcor_tile_sums", mutates_args=())
+def tile_sums_op(ga: torch.Tensor, gb: torch.Tensor, wa_rows: torch.Tensor, wa_cols: torch.Tensor,
+                 wb_rows: torch.Tensor, wb_cols: torch.Tensor, i0: int, j0: int, upper: bool, metric: int,
+                 cx: float, cy: float) -> torch.Tensor:
+    core = _core()
+    if core is None:
+        return _tile_ref(ga, gb, wa_rows, wa_cols, wb_rows, wb_cols, i0, j0, upper, metric, cx, cy)
+    six = core.geometry_tile_sums(ga.numpy(), gb.numpy(), i0, j0, upper, metric, wa_rows.double().numpy(),
+                                  wa_cols.double().numpy(), wb_rows.double().contiguous().numpy(),
+                                  wb_cols.double().contiguous().numpy(), cx, cy)
+    return torch.tensor(six, dtype=torch.float64)
+
+
+@tile_sums_op.register_kernel("cuda")
+def _tile_cuda(ga, gb, wa_rows, wa_cols, wb_rows, wb_cols, i0, j0, upper, metric, cx, cy):
+    return _tile_ref(ga, gb, wa_rows, wa_cols, wb_rows, wb_cols, i0, j0, upper, metric, cx, cy)
+
+
+@tile_sums_op.register_fake
+def _tile_fake(ga, gb, wa_rows, wa_cols, wb_rows, wb_cols, i0, j0, upper, metric, cx, cy):
+    return ga.new_empty((6,), dtype=torch.float64)
+
+
+def tile_sums(ga, gb, wa_rows, wa_cols, wb_rows, wb_cols, *, i0, j0, upper, metric, cx, cy):
+    _check_tile(ga, gb, wa_rows, wa_cols, wb_rows, wb_cols)
+    return torch.ops.verilens.dcor_tile_sums(ga, gb, wa_rows, wa_cols, wb_rows, wb_cols, int(i0), int(j0),
+                                             bool(upper), _metric("dcor_tile_sums", metric), float(cx), float(cy))
+
+
+def tile_sums_ref(ga, gb, wa_rows, wa_cols, wb_rows, wb_cols, *, i0, j0, upper, metric, cx, cy):
+    _check_tile(ga, gb, wa_rows, wa_cols, wb_rows, wb_cols)
+    return _tile_ref(ga, gb, wa_rows, wa_cols, wb_rows, wb_cols, int(i0), int(j0), bool(upper),
+                     _metric("dcor_tile_sums", metric), float(cx), float(cy))
+
+
+def _check_stream(A, B, wa, wb, perm):
+    op = "dcor_stream_sums"
+    if not isinstance(A, torch.Tensor) or not isinstance(B, torch.Tensor) or A.dim() != 2 or B.dim() != 2:
+        raise VerilensError(f"{op}: A and B must be [V, d] matrices")
+    V = A.shape[0]
+    if B.shape[0] != V or A.dtype != B.dtype or not A.is_floating_point():
+        raise VerilensError(f"{op}: A {list(A.shape)} {A.dtype} and B {list(B.shape)} {B.dtype} need the same rows "
+                            "and one floating dtype")
+    for name, t in (("wa", wa), ("wb", wb)) + ((("perm", perm),) if perm is not None else ()):
+        if not isinstance(t, torch.Tensor) or tuple(t.shape) != (V,):
+            raise VerilensError(f"{op}: {name} must be [{V}], got {list(getattr(t, 'shape', []))}")
+    for name, t in (("B", B), ("wa", wa), ("wb", wb), ("perm", perm)):
+        if t is not None and t.device != A.device:
+            raise VerilensError(f"{op}: {name} is on {t.device}, A on {A.device}: put them on one device")
+
+
+def _stream_ref(A, B, wa, wb, perm, metric, cx, cy, tile=1024):
+    """The same sums with torch tiles (float64 reductions)."""
+    V = A.shape[0]
+    Bp = B if perm is None else B[perm]
+    wbp = wb if perm is None else wb[perm]
+    total = torch.zeros(6, dtype=torch.float64, device=A.device)
+    for i0 in range(0, V, tile):
+        for j0 in range(i0, V, tile):
+            ga = A[i0:i0 + tile] @ A[j0:j0 + tile].T
+            gb = Bp[i0:i0 + tile] @ Bp[j0:j0 + tile].T
+            total += _tile_ref(ga, gb, wa[i0:i0 + tile], wa[j0:j0 + tile], wbp[i0:i0 + tile], wbp[j0:j0 + tile],
+                               i0, j0, j0 == i0, metric, cx, cy)
+    return total
+
+
+@torch.library.custom_op("verilens::dcor_stream_sums", mutates_args=())
+def stream_sums_op(A: torch.Tensor, B: torch.Tensor, wa: torch.Tensor, wb: torch.Tensor, perm: Optional[torch.Tensor],
+                   metric: int, cx: float, cy: float) -> torch.Tensor:
+    core = _core()
+    if core is None:
+        return _stream_ref(A, B, wa, wb, perm, metric, cx, cy)
+    pn = None if perm is None else perm.contiguous().numpy()
+    six = core.geometry_stream_sums(A.contiguous().numpy(), B.contiguous().numpy(), pn, metric,
+                                    wa.double().numpy(), wb.double().numpy(), cx, cy, 48)
+    return torch.tensor(six, dtype=torch.float64)
+
+
+@stream_sums_op.register_kernel("cuda")
+def _stream_cuda(A, B, wa, wb, perm, metric, cx, cy):
+    return pearson_sums_triton(A.contiguous(), B.contiguous(), metric, wa, wb, cx, cy, perm=perm)
+
+
+@stream_sums_op.register_fake
+def _stream_fake(A, B, wa, wb, perm, metric, cx, cy):
+    return A.new_empty((6,), dtype=torch.float64)
+
+
+def stream_sums(A, B, wa, wb, *, metric, cx, cy, perm=None):
+    _check_stream(A, B, wa, wb, perm)
+    return torch.ops.verilens.dcor_stream_sums(A, B, wa, wb, perm, _metric("dcor_stream_sums", metric),
+                                               float(cx), float(cy))
+
+
+def stream_sums_ref(A, B, wa, wb, *, metric, cx, cy, perm=None):
+    _check_stream(A, B, wa, wb, perm)
+    return _stream_ref(A, B, wa, wb, perm, _metric("dcor_stream_sums", metric), float(cx), float(cy))
+
+
+def stream_sums_triton(A, B, wa, wb, *, metric, cx, cy, perm=None, block=None):
+    _check_stream(A, B, wa, wb, perm)
+    require_kernel_device("dcor_stream_sums", A)
+    return pearson_sums_triton(A.contiguous(), B.contiguous(), _metric("dcor_stream_sums", metric), wa, wb,
+                               float(cx), float(cy), perm=perm, block=block)
