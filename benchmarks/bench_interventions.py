@@ -53,8 +53,8 @@ def per_condition(model, contexts, conditions):
         names = sorted({f"blocks.{l}.mlp.hook_post" for l, _ in NEURONS})
         for name, ivs in conditions.items():
             with model.intervene(*ivs, when=iv.at_token(" (")):
-                texts = model.generate(contexts, max_new_tokens=TOKENS, stop=["\n\n"])
-            labels = [outcomes.classify(t[len(c):]) for t, c in zip(texts, contexts)]
+                conts = model.generate(contexts, max_new_tokens=TOKENS, stop=["\n\n"]).continuation
+            labels = [outcomes.classify(c) for c in conts]
             with model.intervene(*ivs):
                 _, cache = model.run_with_cache([c + " (" for c in contexts], names=names, positions="last")
             act = torch.stack([cache[f"blocks.{l}.mlp.hook_post"][:, 0, i] for l, i in NEURONS]).mean()

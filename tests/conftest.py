@@ -27,22 +27,47 @@ def small_tokenizer():
     return train_tokenizer([prompt(p) + write_trace(p, i) for i, p in enumerate(ps)], 1024)
 
 
+# One tiny random config per supported family (verilens.hooks.arch). Sliding windows of
+# 8 tokens and Gemma's soft-caps are on, so that the prompts (~150 tokens) reach them.
+FAMILIES = ("qwen2", "qwen3", "llama", "mistral", "gemma2", "gemma3")
+
+
 def _random(kind, tok, seed=0):
-    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+    import transformers as T
 
     torch.manual_seed(seed)
     kw = dict(vocab_size=len(tok), hidden_size=64, intermediate_size=96, num_hidden_layers=3,
               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
               eos_token_id=tok.eos_token_id, pad_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id)
-    hf = (Qwen2ForCausalLM(Qwen2Config(**kw)) if kind == "qwen2" else LlamaForCausalLM(LlamaConfig(**kw))).eval()
-    # random init makes near-uniform logits; sharpen so greedy decoding has clear winners
+    gemma = dict(head_dim=16, query_pre_attn_scalar=16, sliding_window=8, hidden_activation="gelu_pytorch_tanh",
+                 layer_types=["sliding_attention", "full_attention", "sliding_attention"], tie_word_embeddings=False)
+    make = {
+        "qwen2": lambda: T.Qwen2ForCausalLM(T.Qwen2Config(**kw)),
+        "qwen3": lambda: T.Qwen3ForCausalLM(T.Qwen3Config(head_dim=16, **kw)),
+        "llama": lambda: T.LlamaForCausalLM(T.LlamaConfig(**kw)),
+        "mistral": lambda: T.MistralForCausalLM(T.MistralConfig(sliding_window=8, **kw)),
+        "gemma2": lambda: T.Gemma2ForCausalLM(T.Gemma2Config(attn_logit_softcapping=1.0,
+                                                             final_logit_softcapping=30.0, **gemma, **kw)),
+        "gemma3": lambda: T.Gemma3ForCausalLM(T.Gemma3TextConfig(**gemma, **kw)),
+    }[kind]
+    hf = make().eval()
     with torch.no_grad():
+        # random init makes near-uniform logits; sharpen so greedy decoding has clear winners
         hf.lm_head.weight.mul_(20)
+        for name, w in hf.named_parameters():  # Gemma's norms start at 0 (scale 1 + w): make them matter
+            if kind.startswith("gemma") and name.endswith("norm.weight"):
+                w.uniform_(-0.5, 0.5)
     return HookedModel(hf, tok, f"random-{kind}")
 
 
 @pytest.fixture(scope="session", params=["qwen2", "llama"])
 def model(request, small_tokenizer):
+    return _random(request.param, small_tokenizer)
+
+
+@pytest.fixture(scope="session", params=FAMILIES)
+def family_model(request, small_tokenizer):
+    """A tiny random model of each supported family."""
     return _random(request.param, small_tokenizer)
 
 

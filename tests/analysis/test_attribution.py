@@ -35,6 +35,16 @@ def test_terms_add_up_on_random_models(model):
     _check(model, _contexts())
 
 
+def test_every_family_adds_up_or_is_refused(family_model):
+    """Exact where the residual is a plain sum of the writes (Qwen2/3, Llama, Mistral);
+    a clear refusal where post-norms or soft-capped logits break the split (Gemma)."""
+    if family_model.cfg.post_norms or family_model.cfg.final_softcap is not None:
+        with pytest.raises(VerilensError, match="norms each write or soft-caps"):
+            verdict_attribution(family_model, _contexts(1))
+    else:
+        _check(family_model, _contexts(2))
+
+
 def test_logit_diff_matches_a_plain_forward(model):
     ctx = _contexts(2)
     r = verdict_attribution(model, ctx)

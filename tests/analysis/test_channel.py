@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from verilens.analysis import channel_scores, composition_matrix, ov_diagonals
-from verilens.analysis.channel import channel_scores_naive, composition_matrix_naive
+from channel_reference import channel_scores_naive, composition_matrix_naive
 from verilens.errors import VerilensError
 
 

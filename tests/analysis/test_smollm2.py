@@ -6,7 +6,7 @@ import torch
 
 import verilens
 from verilens.analysis import channel_scores, composition_matrix, select_variant_a, top_tokens, train_probes
-from verilens.analysis.channel import channel_scores_naive, composition_matrix_naive
+from channel_reference import channel_scores_naive, composition_matrix_naive
 from verilens.analysis.glu import value_vector_cosines
 from verilens.analysis.traces import Site, Trace, site_activations, verdict_sites
 from verilens.countdown import generate_problems, prompt, write_trace

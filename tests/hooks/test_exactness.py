@@ -26,6 +26,63 @@ def test_logits_and_residuals_equal_hf(model, texts):
     assert (model(texts) - ref.logits).abs().max() <= 1e-5
 
 
+# Where each hook point lives in Hugging Face's own module tree, written out here per
+# family (not read from verilens.hooks.arch), so the adapters are checked against it.
+POST_NORM = {"gemma2", "gemma3_text"}
+
+
+def _hf_points(model_type):
+    attn_out = "post_attention_layernorm" if model_type in POST_NORM else "self_attn"
+    mlp_out = "post_feedforward_layernorm" if model_type in POST_NORM else "mlp"
+    return {"hook_resid_pre": ("", "in"), "attn.hook_q": ("self_attn.q_proj", "out"),
+            "attn.hook_k": ("self_attn.k_proj", "out"), "attn.hook_v": ("self_attn.v_proj", "out"),
+            "attn.hook_z": ("self_attn.o_proj", "in"), "hook_attn_out": (attn_out, "out"),
+            "mlp.hook_pre": ("mlp.gate_proj", "out"), "mlp.hook_pre_linear": ("mlp.up_proj", "out"),
+            "mlp.hook_post": ("mlp.down_proj", "in"), "hook_mlp_out": (mlp_out, "out"),
+            "hook_resid_post": ("", "out")}
+
+
+def test_every_hook_point_equals_hf_eager(model, texts):
+    """Each hook point's activation is the input or output of the Hugging Face module it
+    names, in an eager forward (fp32, <= 1e-5); resid_mid = resid_pre + attn_out."""
+    hf, cfg = model.hf_model, model.hf_model.config
+    points = _hf_points(cfg.model_type)
+    seen, handles = {}, []
+
+    def grab(key, where):
+        def fn(mod, args, kwargs, out):
+            x = (args[0] if args else next(iter(kwargs.values()))) if where == "in" else out
+            seen[key] = (x[0] if isinstance(x, tuple) else x).detach().clone()
+        return fn
+
+    layers = hf.model.layers
+    for l, layer in enumerate(layers):
+        for point, (path, where) in points.items():
+            mod = layer.get_submodule(path) if path else layer
+            handles.append(mod.register_forward_hook(grab(f"blocks.{l}.{point}", where), with_kwargs=True))
+    handles.append(hf.model.embed_tokens.register_forward_hook(grab("hook_embed", "out"), with_kwargs=True))
+    handles.append(hf.model.norm.register_forward_hook(grab("ln_final.hook_normalized", "out"), with_kwargs=True))
+    old, cfg._attn_implementation = cfg._attn_implementation, "eager"
+    try:
+        _, _, ref = hf_forward(model, texts)
+        seen = dict(seen)
+        for h in handles:
+            h.remove()
+        handles = []
+        logits, cache = model.run_with_cache(texts)
+    finally:
+        for h in handles:
+            h.remove()
+        cfg._attn_implementation = old
+    assert (logits - ref.logits).abs().max() <= 1e-5
+    for name, want in seen.items():
+        got = cache[name]
+        assert (got.reshape(want.shape) - want).abs().max() <= 1e-5, name
+    for l in range(model.cfg.n_layers):
+        mid = cache[f"blocks.{l}.hook_resid_pre"] + cache[f"blocks.{l}.hook_attn_out"]
+        assert (cache[f"blocks.{l}.hook_resid_mid"] - mid).abs().max() <= 1e-5
+
+
 def test_every_hook_fires(model, texts):
     fired = set()
 
@@ -81,9 +138,21 @@ def test_pattern_equals_eager_attention(model, texts):
 
 
 def test_results_sum_to_attn_out(model, texts):
-    _, cache = model.run_with_cache(texts, names=lambda n: "result" in n or "attn_out" in n)
+    """Head results sum to o_proj's output; hook_attn_out is what the layer adds to the
+    residual: that output, or (Gemma) its post-attention norm."""
+    o_out = {}
+    handles = [model.module(l, "o").register_forward_hook(lambda mod, a, out, l=l: o_out.__setitem__(l, out))
+               for l in range(model.cfg.n_layers)]
+    try:
+        _, cache = model.run_with_cache(texts, names=lambda n: "result" in n or "attn_out" in n)
+    finally:
+        for h in handles:
+            h.remove()
     for l in range(model.cfg.n_layers):
-        torch.testing.assert_close(cache["result", l].sum(2), cache["attn_out", l], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(cache["result", l].sum(2), o_out[l], atol=1e-5, rtol=1e-5)
+        writes = model.module(l, "attn_out")
+        want = o_out[l] if writes is model.module(l, "attn") else writes(o_out[l])
+        torch.testing.assert_close(cache["attn_out", l], want, atol=1e-5, rtol=1e-5)
 
 
 def test_weight_views_match_modules(model, texts):

@@ -8,25 +8,53 @@ from verilens.errors import VerilensError
 
 
 def test_greedy_equals_hf_generate(model, texts):
+    """verilens' own decoding loop (here run because something is cached) and the plain
+    call (handed to Hugging Face's loop) both give Hugging Face's greedy tokens."""
     for t in texts:
         ids = model.to_tokens(t)
-        ours = model.generate(ids, max_new_tokens=24, stop_at_eos=False)
+        own = model.generate(ids, max_new_tokens=24, stop_at_eos=False, cache_names=["blocks.0.hook_resid_post"])
+        handed = model.generate(ids, max_new_tokens=24, stop_at_eos=False)
         ref = model.hf_model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=24, do_sample=False,
                                       eos_token_id=None, pad_token_id=model.tokenizer.pad_token_id)
-        assert torch.equal(ours, ref)
+        assert torch.equal(own.tokens, ref) and torch.equal(handed.tokens, ref)
+        assert own.cache is not None and handed.cache is None
+
+
+def test_generation_is_one_type_whatever_the_input(model, texts):
+    """Text, a list of texts, ids with a padding mask, a prefill: always a Generation with
+    the same fields; the hand-off to Hugging Face and verilens' own loop agree on all of
+    them, also with EOS stopping (rows padded after they end)."""
+    from verilens.hooks.generate import Generation
+
+    ids, mask = model.tokenize(texts)
+    eos = model.tokenizer.eos_token_id
+    for inp, kw in ((texts[0], {}), (texts, {}), (ids, {"attention_mask": mask})):
+        handed = model.generate(inp, max_new_tokens=12, **kw)
+        own = model.generate(inp, max_new_tokens=12, cache_names=["blocks.1.hook_resid_post"], **kw)
+        assert type(handed) is Generation and type(own) is Generation
+        assert torch.equal(handed.tokens, own.tokens) and handed.text == own.text
+        assert handed.continuation == own.continuation and handed.prompt_length == own.prompt_length
+        assert own.cache["resid_post", 1].shape[:2] == own.new_tokens.shape
+        for row, cont in zip(handed.new_tokens, handed.continuation):
+            ended = (row == eos).nonzero()
+            assert ended.numel() == 0 or bool((row[int(ended[0]):] == model.tokenizer.pad_token_id).all())
+            assert cont == model.tokenizer.decode(row.tolist(), skip_special_tokens=True)
+    pre = model.prefill(texts)
+    assert model.generate(pre, max_new_tokens=5).text == model.generate(texts, max_new_tokens=5).text
 
 
 def test_batched_left_padding_equals_single(model, texts):
-    batch = model.generate(texts, max_new_tokens=16, stop_at_eos=False)
-    assert isinstance(batch, list) and len(batch) == len(texts)
-    for t, out in zip(texts, batch):
-        single = model.generate(t, max_new_tokens=16, stop_at_eos=False)
-        assert isinstance(single, str) and single == out and out.startswith(t)
-    # the same batch as token ids with its padding mask: ids in, ids out
-    ids, mask = model.tokenize(texts)
-    out_ids = model.generate(ids, attention_mask=mask, max_new_tokens=16, stop_at_eos=False)
-    assert [t + model.tokenizer.decode(row[ids.shape[1]:].tolist(), skip_special_tokens=True)
-            for t, row in zip(texts, out_ids)] == batch
+    for own in ({}, {"cache_names": ["blocks.0.hook_resid_post"]}):  # Hugging Face's loop, then ours
+        batch = model.generate(texts, max_new_tokens=16, stop_at_eos=False, **own).text
+        assert isinstance(batch, list) and len(batch) == len(texts)
+        for t, out in zip(texts, batch):
+            single = model.generate(t, max_new_tokens=16, stop_at_eos=False, **own).text
+            assert single == [out] and out.startswith(t)
+        # the same batch as token ids with its padding mask
+        ids, mask = model.tokenize(texts)
+        out_ids = model.generate(ids, attention_mask=mask, max_new_tokens=16, stop_at_eos=False, **own).tokens
+        assert [t + model.tokenizer.decode(row[ids.shape[1]:].tolist(), skip_special_tokens=True)
+                for t, row in zip(texts, out_ids)] == batch
 
 
 @pytest.fixture(params=[0.0, 2.0], ids=["second-cache-at-first-firing", "recompute-every-firing"])
@@ -62,7 +90,7 @@ def _greedy_by_full_forwards(model, ids, steps):
 def _trigger_text(model, ids, steps):
     """A token the model generates a few times (and that round-trips as text), to use as
     the trigger."""
-    plain = model.generate(ids, max_new_tokens=steps, stop_at_eos=False)[0, ids.shape[1]:]
+    plain = model.generate(ids, max_new_tokens=steps, stop_at_eos=False).new_tokens[0]
     counts = torch.bincount(plain)
     for tid in counts.argsort(descending=True).tolist():
         text = model.tokenizer.decode([tid])
@@ -79,13 +107,13 @@ def _trigger_text(model, ids, steps):
              verilens.ablate_neurons({2: [4]}, positions="last")],
     lambda: [verilens.project_out(torch.ones(64), layers=[0, 2])],
 ], ids=["heads-all-positions", "neurons-last", "steer+neurons-last", "project-out-all"])
-def test_trigger_under_kv_cache_equals_full_recompute(qwen, texts, make, second_cache):
-    ids = qwen.to_tokens(texts[0])
+def test_trigger_under_kv_cache_equals_full_recompute(model, texts, make, second_cache):
+    ids = model.to_tokens(texts[0])
     steps = 20
-    text, tid = _trigger_text(qwen, ids, steps)
-    with qwen.intervene(*make(), when=verilens.at_token(text)):
-        ours = qwen.generate(ids, max_new_tokens=steps, stop_at_eos=False)
-    ref = _reference_generate(qwen, ids, steps, make, tid)
+    text, tid = _trigger_text(model, ids, steps)
+    with model.intervene(*make(), when=verilens.at_token(text)):
+        ours = model.generate(ids, max_new_tokens=steps, stop_at_eos=False).tokens
+    ref = _reference_generate(model, ids, steps, make, tid)
     assert torch.equal(ours, ref)
 
 
@@ -93,12 +121,12 @@ def test_always_on_intervention_equals_full_recompute(qwen, texts):
     ids = qwen.to_tokens(texts[2])
     make = lambda: [verilens.ablate_heads([(1, 0)])]  # noqa: E731
     with qwen.intervene(*make()):
-        ours = qwen.generate(ids, max_new_tokens=12, stop_at_eos=False)
+        ours = qwen.generate(ids, max_new_tokens=12, stop_at_eos=False).tokens
         ref = _greedy_by_full_forwards(qwen, ids, 12)
     assert torch.equal(ours, ref)
     # last-position-only interventions, on at every step: still a full recompute per step
     with qwen.intervene(verilens.ablate_neurons({0: list(range(40))}, positions="last")):
-        ours = qwen.generate(ids, max_new_tokens=12, stop_at_eos=False)
+        ours = qwen.generate(ids, max_new_tokens=12, stop_at_eos=False).tokens
         ref = _greedy_by_full_forwards(qwen, ids, 12)
     assert torch.equal(ours, ref)
 
@@ -111,7 +139,8 @@ def test_trigger_in_a_left_padded_batch_equals_full_recompute_per_row(qwen, text
     make = lambda: [verilens.ablate_heads([(1, 2)]), verilens.ablate_neurons({2: [1, 5]}, positions="all")]  # noqa: E731
     names = ["blocks.2.mlp.hook_post", "blocks.1.hook_resid_post"]
     with qwen.intervene(*make(), when=verilens.at_token(text)):
-        out, cache = qwen.generate(texts, max_new_tokens=steps, stop_at_eos=False, cache_names=names)
+        g = qwen.generate(texts, max_new_tokens=steps, stop_at_eos=False, cache_names=names)
+    out, cache = g.text, g.cache
     fired = 0
     for r, t in enumerate(texts):
         single = qwen.to_tokens(t)
@@ -136,10 +165,10 @@ def test_mean_ablation_without_reference_is_recomputed_in_full(qwen, texts):
     ids = qwen.to_tokens(texts[1])
     make = lambda: [verilens.ablate_heads([(0, 1), (2, 0)], mode="mean")]  # noqa: E731
     with qwen.intervene(*make()):
-        ours = qwen.generate(ids, max_new_tokens=10, stop_at_eos=False)
+        ours = qwen.generate(ids, max_new_tokens=10, stop_at_eos=False).tokens
         ref = _greedy_by_full_forwards(qwen, ids, 10)
     assert torch.equal(ours, ref)
-    assert not torch.equal(ours, qwen.generate(ids, max_new_tokens=10, stop_at_eos=False))
+    assert not torch.equal(ours, qwen.generate(ids, max_new_tokens=10, stop_at_eos=False).tokens)
 
 
 def test_context_hooks_apply_once_beside_interventions(qwen, texts):
@@ -152,14 +181,14 @@ def test_context_hooks_apply_once_beside_interventions(qwen, texts):
     with qwen.hooks([("blocks.0.hook_resid_post", shift)]):
         text, tid = _trigger_text(qwen, ids, steps)
         with qwen.intervene(*make(), when=verilens.at_token(text)):
-            ours = qwen.generate(ids, max_new_tokens=steps, stop_at_eos=False)
+            ours = qwen.generate(ids, max_new_tokens=steps, stop_at_eos=False).tokens
         ref = _reference_generate(qwen, ids, steps, make, tid)
         with qwen.intervene(*make()):
-            always = qwen.generate(ids, max_new_tokens=steps, stop_at_eos=False)
+            always = qwen.generate(ids, max_new_tokens=steps, stop_at_eos=False).tokens
             ref_always = _greedy_by_full_forwards(qwen, ids, steps)
     assert torch.equal(ours, ref) and torch.equal(always, ref_always)
     with qwen.hooks([("blocks.0.hook_resid_post", shift)] * 2), qwen.intervene(*make()):
-        twice = qwen.generate(ids, max_new_tokens=steps, stop_at_eos=False)
+        twice = qwen.generate(ids, max_new_tokens=steps, stop_at_eos=False).tokens
     assert not torch.equal(twice, ref_always)  # the test sees a hook applied twice
 
 
@@ -181,9 +210,10 @@ def test_generate_from_a_prefill_equals_generate_from_text(qwen, texts, make, tr
     assert pre.ids[-1, -1] == tid
     for _ in range(2):  # the prefill is not used up
         with qwen.intervene(*make(), when=verilens.at_token(text) if triggered else None):
-            ours, c1 = qwen.generate(pre, max_new_tokens=steps, stop_at_eos=False)
-            ref, c2 = qwen.generate(prompts, max_new_tokens=steps, stop_at_eos=False, cache_names=names)
-        assert ours == ref
+            ours = qwen.generate(pre, max_new_tokens=steps, stop_at_eos=False)
+            ref = qwen.generate(prompts, max_new_tokens=steps, stop_at_eos=False, cache_names=names)
+        assert ours.text == ref.text and torch.equal(ours.tokens, ref.tokens)
+        c1, c2 = ours.cache, ref.cache
         for n in names:
             assert torch.equal(c1[n], c2[n])
 
@@ -202,31 +232,36 @@ def test_prefill_bad_use(qwen, texts):
         qwen.generate(pre, max_new_tokens=2, attention_mask=pre.mask)
     with pytest.raises(VerilensError, match="attention_mask"):
         qwen.generate(texts, max_new_tokens=2, attention_mask=pre.mask)
-    assert qwen.generate(pre, max_new_tokens=3) == qwen.generate(texts, max_new_tokens=3)
+    assert qwen.generate(pre, max_new_tokens=3).text == qwen.generate(texts, max_new_tokens=3).text
 
 
-def test_cache_during_generation(qwen, texts):
-    ids = qwen.to_tokens(texts[0])
-    out, cache = qwen.generate(ids, max_new_tokens=6, stop_at_eos=False,
-                               cache_names=["blocks.1.hook_resid_post", "blocks.0.attn.hook_pattern"])
-    assert cache["resid_post", 1].shape == (1, 6, qwen.cfg.d_model)
-    _, full = qwen.run_with_cache(out[:, :-1], names=["blocks.1.hook_resid_post", "blocks.0.attn.hook_pattern"])
+def test_cache_during_generation(model, texts):
+    ids = model.to_tokens(texts[0])
+    g = model.generate(ids, max_new_tokens=6, stop_at_eos=False,
+                      cache_names=["blocks.1.hook_resid_post", "blocks.0.attn.hook_pattern"])
+    out, cache = g.tokens, g.cache
+    assert cache["resid_post", 1].shape == (1, 6, model.cfg.d_model)
+    _, full = model.run_with_cache(out[:, :-1], names=["blocks.1.hook_resid_post", "blocks.0.attn.hook_pattern"])
     p = ids.shape[1]
     torch.testing.assert_close(cache["resid_post", 1][0], full["resid_post", 1][0, p - 1:], atol=1e-5, rtol=1e-5)
-    pat = cache["pattern", 0]  # [b, new, head, keys so far] -> compare the last step's row
-    torch.testing.assert_close(pat[0, -1], full["pattern", 0][0, :, -1], atol=1e-5, rtol=1e-5)
+    pat = cache["pattern", 0]  # [b, new, head, keys so far], right-padded with zeros
+    for i in range(6):  # step i's query is position p - 1 + i, over keys 0 .. p - 1 + i
+        torch.testing.assert_close(pat[0, i, :, :p + i], full["pattern", 0][0, :, p - 1 + i, :p + i],
+                                   atol=1e-5, rtol=1e-5)
 
 
 def test_stop_strings_and_sampling(qwen, texts):
-    plain = qwen.generate(texts[0], max_new_tokens=20, stop_at_eos=False)
+    plain = qwen.generate(texts[0], max_new_tokens=20, stop_at_eos=False).text[0]
     cont = plain[len(texts[0]):]
     stop = cont[5:8]
-    stopped = qwen.generate(texts[0], max_new_tokens=20, stop=stop, stop_at_eos=False)
+    g = qwen.generate(texts[0], max_new_tokens=20, stop=stop, stop_at_eos=False)
+    stopped = g.text[0]
     assert stopped.endswith(stop) and len(stopped) < len(plain) and plain.startswith(stopped)
+    assert g.continuation[0].endswith(stop) and stopped == texts[0] + g.continuation[0]
     a = qwen.generate(texts[0], max_new_tokens=10, do_sample=True, temperature=2.0, seed=7)
     b = qwen.generate(texts[0], max_new_tokens=10, do_sample=True, temperature=2.0, seed=7)
     c = qwen.generate(texts[0], max_new_tokens=10, do_sample=True, temperature=2.0, seed=8, top_k=5, top_p=0.9)
-    assert a == b and isinstance(c, str)
+    assert a.text == b.text and torch.equal(a.tokens, b.tokens) and len(c.text) == 1
 
 
 def test_bad_generation_input(qwen):

@@ -21,7 +21,7 @@ def _parity(model, texts):
         if l + 1 < model.cfg.n_layers:
             assert (cache["resid_post", l] - ref.hidden_states[l + 1]).abs().max() <= 1e-5
     ids = model.to_tokens(texts[0])
-    ours = model.generate(ids, max_new_tokens=16, stop_at_eos=False)
+    ours = model.generate(ids, max_new_tokens=16, stop_at_eos=False, cache_names=["blocks.0.hook_resid_post"]).tokens
     hf = model.hf_model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=16, do_sample=False,
                                  eos_token_id=None, pad_token_id=model.tokenizer.pad_token_id)
     assert torch.equal(ours, hf)

@@ -232,6 +232,19 @@ def test_unsupported_architecture(tiny_gpt2_dir):
     assert "GLU" in msg and all(t in msg for t in SUPPORTED_MODEL_TYPES)
 
 
+def test_unsupported_architecture_wrapped_directly(tiny_gpt2_dir):
+    """HookedModel over an already-loaded model of another family: the same refusal,
+    naming every supported family and the folder where an adapter is added."""
+    from transformers import GPT2LMHeadModel
+
+    from verilens.hooks import HookedModel
+    from verilens.hooks.arch import FAMILIES
+
+    with pytest.raises(VerilensError, match="model_type 'gpt2' is not supported") as e:
+        HookedModel(GPT2LMHeadModel.from_pretrained(tiny_gpt2_dir), None)
+    assert all(a.family in str(e.value) for a in FAMILIES) and "hooks/arch" in str(e.value)
+
+
 @pytest.mark.parametrize("offline", ["1", "true"])
 @pytest.mark.parametrize("hub_id", ["Qwen/Qwen2.5-3B", "HuggingFaceTB/SmolLM2-135M-Instruct"])
 def test_hub_id_while_offline(tmp_path, monkeypatch, hub_id, offline):

@@ -38,12 +38,19 @@ def verdict_attribution(model, contexts, top_neurons: int = 10) -> dict:
     (the model's own, mean) and max_error (largest |sum of terms - logit_diff|)."""
     if not contexts:
         raise VerilensError("verdict attribution needs at least one context")
+    if model.cfg.final_softcap is not None or model.cfg.post_norms:
+        # the split below is exact because the residual is a sum of the heads' and neurons'
+        # writes and the final norm is frozen at it; soft-capped logits or post-norms on
+        # each write (Gemma) would need their own linearisation, not written yet
+        raise VerilensError(f"verdict attribution is written for models whose layers add their attention and MLP "
+                            f"outputs to the residual unnormed and whose logits are not soft-capped; "
+                            f"{model.arch.family} norms each write or soft-caps its logits")
     L, H, D = model.cfg.n_layers, model.cfg.n_heads, model.cfg.d_model
     verdict = verdict_ids(model)
     W_U = model.W_U.detach().float()
     d = W_U[:, verdict[0]] - W_U[:, verdict[1]]  # logit("this") - logit("not") per unit of normed residual
-    gain = model.final_norm.weight.detach().float()
-    eps = float(getattr(model.final_norm, "variance_epsilon", getattr(model.final_norm, "eps", 1e-6)))
+    gain = model.final_norm_gain.detach().float()
+    eps = model.final_norm_eps
     names = ("hook_embed", "hook_attn_out", "hook_mlp_out", "attn.hook_result", "mlp.hook_post")
     u = d * gain  # the final norm is gain * x / rms(x): only the 1 / rms(x) factor depends on the context
     # each neuron's value vector read along u, one layer at a time (no fp32 copy of all of W_out)

@@ -20,7 +20,7 @@ from ..errors import VerilensError
 
 
 def _neurons(model, neurons):
-    model._require_glu()
+    model.require_glu()
     pairs = [(int(n[0]), int(n[1])) for n in neurons]
     if not pairs:
         raise VerilensError("channel scores need at least one neuron")
@@ -32,16 +32,13 @@ def _neurons(model, neurons):
 
 def _rows(model, pairs, which):
     """[n, d_model] gate or up rows of the neurons."""
-    out = []
-    for l, i in pairs:
-        mlp = model.blocks[l].mlp
-        out.append((mlp.gate_proj if which == "gate" else mlp.up_proj).weight[i])
-    return torch.stack(out).float()
+    key = "W_gate" if which == "gate" else "W_in"
+    return torch.stack([model.layer_weights(l)[key][:, i] for l, i in pairs]).float()
 
 
 def _kv_weights(model):
     """W_V per KV head [L, KV, d, dh] (not repeated) and W_O [L, H, dh, d], float32."""
-    return model._stack("W_V").float(), model.W_O.float()
+    return model.stacked("W_V").float(), model.W_O.float()
 
 
 def ov_diagonals(model) -> torch.Tensor:
@@ -111,35 +108,3 @@ def composition_matrix(model, neurons, chunk_heads: int = 64) -> torch.Tensor:
     W_V, W_O = _kv_weights(model)
     return composition_scores(W_V, W_O, _rows(model, pairs, "up"), chunk_heads).cpu()
 
-
-def composition_matrix_naive(model, neurons) -> torch.Tensor:
-    """Reference: forms every head's d_model x d_model OV matrix (slow; for tests and
-    benchmarks only)."""
-    pairs = _neurons(model, neurons)
-    M = _rows(model, pairs, "up")
-    L, H = model.cfg.n_layers, model.cfg.n_heads
-    out = torch.empty(len(pairs), L, H)
-    W_V, W_O = model.W_V.float(), model.W_O.float()
-    for l in range(L):
-        for h in range(H):
-            ov = W_V[l, h] @ W_O[l, h]  # [d, d]
-            out[:, l, h] = (M @ ov.T).norm(dim=1) / (M.norm(dim=1) * ov.norm())
-    return out
-
-
-def channel_scores_naive(model, neurons) -> torch.Tensor:
-    """Reference for method="paper": OV matrix per head, its diagonal, a loop over neurons."""
-    pairs = _neurons(model, neurons)
-    L, H = model.cfg.n_layers, model.cfg.n_heads
-    W_V, W_O = model.W_V.float(), model.W_O.float()
-    out = torch.zeros(L, H)
-    for l in range(L):
-        for h in range(H):
-            ov = torch.diagonal(W_V[l, h] @ W_O[l, h])
-            vals = []
-            for nl, i in pairs:
-                mlp = model.blocks[nl].mlp
-                g, u = mlp.gate_proj.weight[i].float(), mlp.up_proj.weight[i].float()
-                vals.append(torch.nn.functional.silu(g @ ov) * (u @ ov))
-            out[l, h] = torch.stack(vals).mean()
-    return out

@@ -18,7 +18,7 @@ def upper_half(n_layers: int) -> list[int]:
 @torch.no_grad()
 def value_vector_cosines(model, direction: torch.Tensor, layers=None) -> torch.Tensor:
     """[len(layers), d_mlp] cosine of every value vector with `direction` [d_model]."""
-    model._require_glu()
+    model.require_glu()
     layers = range(model.cfg.n_layers) if layers is None else layers
     d = torch.as_tensor(direction, dtype=torch.float32)
     if d.shape != (model.cfg.d_model,):
@@ -26,7 +26,7 @@ def value_vector_cosines(model, direction: torch.Tensor, layers=None) -> torch.T
     d = d / d.norm().clamp(min=1e-12)
     out = []
     for l in layers:
-        V = model.blocks[l].mlp.down_proj.weight.float()  # [d_model, d_mlp]: columns are value vectors
+        V = model.layer_weights(l)["W_out"].T.float()  # [d_model, d_mlp]: columns are value vectors
         out.append((d.to(V.device) @ V) / V.norm(dim=0).clamp(min=1e-12))
     return torch.stack(out).cpu()
 

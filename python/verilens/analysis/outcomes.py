@@ -19,7 +19,6 @@ import re
 import torch
 
 from ..hooks import interventions as iv
-from ..hooks.generate import continuation_text
 
 STOPS = ["\n\n"]  # a continuation ends at a blank line (or EOS)
 
@@ -84,9 +83,8 @@ def run_conditions(model, contexts, conditions, max_new_tokens=100, batch_size=3
             bar.set_description(name)
             with model.intervene(*ivs, when=trigger):
                 out = model.generate(pre, max_new_tokens=max_new_tokens, stop=STOPS)
-            out, cache = out if names else (out, None)
-            gen = out[:, ids.shape[1]:]
-            conts[name] += [continuation_text(model.tokenizer, row, STOPS) for row in gen]
+            gen, cache = out.new_tokens, out.cache
+            conts[name] += out.continuation
             if cache is not None:
                 # step i is the pass whose last input token is gen[i - 1] (the context's last for i = 0)
                 last_in = torch.cat([ids[:, -1:], gen[:, :-1]], 1).cpu()

@@ -137,11 +137,11 @@ def _mean(values):
 
 
 def _versions() -> dict:
-    import transformers
+    from importlib.metadata import version
 
     from .. import __version__
 
-    return {"verilens": __version__, "torch": torch.__version__, "transformers": transformers.__version__}
+    return {"verilens": __version__, "torch": torch.__version__, "transformers": version("transformers")}
 
 
 def _problems(settings: Settings, problems_file, on_bad_row: str):
@@ -233,7 +233,7 @@ def analyze(model, out, settings: Settings | None = None, problems_file=None, on
         out = {"layer": Lp, "probe_valid": lens.top_tokens(model, W[Lp, :, 1]),
                "probe_invalid": lens.top_tokens(model, W[Lp, :, 0]), "neurons": []}
         for l, i, c in sel["variant_b"][:5]:
-            v = model.blocks[l].mlp.down_proj.weight[:, i].float()
+            v = model.layer_weights(l)["W_out"][i].float()  # neuron i's value vector
             out["neurons"].append({"neuron": [l, i], "cosine": c, **lens.top_tokens(model, v, k=10)})
         return out
 

@@ -55,13 +55,15 @@ def make_prompt(problem, template: str = "base", shots: int = 3) -> str:
 
 
 def generate_traces(model, problems, template="base", max_new_tokens=400, batch_size=32, progress=True, shots=3):
-    """Greedy generations (the model's own chains of thought) for `problems`. No hooks are
-    needed here, so this is Hugging Face's generate: the fastest path."""
-    from ..models.evaluate import generate
+    """Greedy generations (the model's own chains of thought) for `problems`. With no
+    intervention active, HookedModel.generate hands the loop to Hugging Face's own
+    generate: the fastest path."""
+    from tqdm.auto import tqdm
 
     prompts = [make_prompt(p, template, shots) for p in problems]
-    gens = generate(model.hf_model, model.tokenizer, prompts, max_new_tokens=max_new_tokens,
-                    batch_size=batch_size, progress=progress, desc="traces")
+    gens = []
+    for i in tqdm(range(0, len(prompts), batch_size), desc="traces", disable=not progress):
+        gens += model.generate(prompts[i:i + batch_size], max_new_tokens=max_new_tokens).continuation
     return [Trace(p, pr, g) for p, pr, g in zip(problems, prompts, gens)]
 
 

@@ -12,7 +12,7 @@ from .correlation import DistanceCorrelation, MantelResult, distance_correlation
 from .emb2emb import Emb2EmbMap, fit_map, heldout_r2, transfer
 from .local import (IntrinsicDimension, LLEAgreement, intrinsic_dimension, knn, knn_overlap,
                     lle_agreement, lle_weights)
-from .models import EmbeddingSource, load_embeddings
+from ..models.embeddings import EmbeddingSource, load_embeddings
 from .vocab import SharedVocab, shared_vocab
 
 __all__ = [

@@ -23,7 +23,7 @@ from ..errors import VerilensError
 from .correlation import distance_correlation, mantel
 from .emb2emb import fit_map, heldout_r2
 from .local import _knn_prepped, _prep, intrinsic_dimension, jaccard_rows, lle_agreement
-from .models import load_embeddings
+from ..models.embeddings import load_embeddings
 from .vocab import shared_vocab
 
 PROBE_WORDS = [" the", " king", " water", " dog", " red", " three", " France", " run", " happy",

@@ -16,10 +16,16 @@ by their trigger). How each step gets there, fastest first:
 - "last": interventions only at the last position: on firing steps one intervened
   cached pass for the new token, the cache cropped back, then the clean pass.
 - "recompute" (anything else, e.g. a mean ablation over the current pass): the clean
-  cached pass, plus a full recomputed forward of the firing rows."""
+  cached pass, plus a full recomputed forward of the firing rows.
+With nothing to do between steps (no intervention, no hook, nothing cached, no stop
+string, greedy), `generate` hands the whole loop to Hugging Face's own `generate`: the
+same tokens, at Hugging Face's speed.
+
+Whatever its input, `generate` returns a `Generation`."""
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 
 import torch
 
@@ -28,6 +34,23 @@ from .cache import ActivationCache
 from .names import resolve_names
 
 SECOND_CACHE_SHARE = 0.5
+
+
+@dataclass
+class Generation:
+    """What `generate` returns, whatever its input: the tokens, the text and (with
+    `cache_names`) the cache of one batched generation."""
+
+    tokens: torch.Tensor  # [batch, prompt + new]: the left-padded prompts, then the generated ids
+    prompt_length: int  # tokens[:, prompt_length:] are the generated ones (padded after a row ends)
+    text: list[str]  # per row: the prompt (decoded from its ids) + the continuation
+    continuation: list[str]  # per row: the generated text, cut after the first stop string (kept)
+    cache: ActivationCache | None = None  # with cache_names: tensors [batch, new, ...]
+
+    @property
+    def new_tokens(self) -> torch.Tensor:
+        """[batch, new]: the generated ids."""
+        return self.tokens[:, self.prompt_length:]
 
 
 def _choose(logits, do_sample, temperature, top_k, top_p, generator):
@@ -72,21 +95,17 @@ class Prefill:
     """The clean first pass over a batch of prompts (no interventions), kept to start
     many `generate` calls from: e.g. one per intervention condition on the same
     contexts, which then pay for the prompts once. Build it with `model.prefill(...)`;
-    `model.generate(prefill, ...)` returns what the prefill was built from (text or ids)
-    and caches the hooks the prefill was built with."""
+    `model.generate(prefill, ...)` caches the hooks the prefill was built with."""
 
     def __init__(self, model, input, cache_names=None, cache_device=None, cache_dtype=None, attention_mask=None):
-        from transformers import DynamicCache
-
         if model._active:
             raise VerilensError("prefill runs the clean pass: build it outside `model.intervene(...)`")
         self.model = model
-        self.given_text, self.single = not isinstance(input, torch.Tensor), isinstance(input, str)
         self.ids, self.mask = model.tokenize(input, attention_mask)
         self.names = resolve_names(cache_names, model.cfg.n_layers) if cache_names is not None else []
         self.cache_device, self.cache_dtype = cache_device, cache_dtype
         self.context_hooks = list(model._context_hooks)
-        self.kv = DynamicCache(config=model.hf_model.config)
+        self.kv = model.arch.new_cache()
         self.store: dict = {}
         b, p = self.ids.shape
         last = torch.full((b, 1), p - 1, dtype=torch.long, device=self.ids.device)
@@ -127,31 +146,29 @@ def generate(model, input, max_new_tokens=64, do_sample=False, temperature=1.0, 
              seed=None, stop=None, stop_at_eos=True, cache_names=None, cache_device=None, cache_dtype=None,
              attention_mask=None):
     """Generate from `input` (a string, a list of strings, token ids [b, p] with an optional
-    left-padding `attention_mask`, or a Prefill).
+    left-padding `attention_mask`, or a Prefill); returns a `Generation`.
 
-    Returns what it was given: token ids -> ids [b, p + new] (prompt + continuation,
-    as Hugging Face does); text -> prompt + continuation text (cut after a stop string).
-    `stop`: strings that end a sequence (kept in the output). With `cache_names`, also
-    returns an ActivationCache whose tensors are [b, new, ...]: entry i is the
-    activation at the position that predicted generated token i (attention rows are
+    `stop`: strings that end a sequence (kept in the continuation). With `cache_names`,
+    `Generation.cache` is an ActivationCache whose tensors are [b, new, ...]: entry i is
+    the activation at the position that predicted generated token i (attention rows are
     [b, new, head, keys], right-padded with zeros to the last step's length)."""
-    from transformers import DynamicCache
-
     if max_new_tokens < 0:
         raise VerilensError("max_new_tokens must be >= 0")
     pre = input if isinstance(input, Prefill) else None
     if pre is not None:
         pre.check(model, cache_names, attention_mask)
-        given_text, single, ids, mask = pre.given_text, pre.single, pre.ids, pre.mask
+        ids, mask = pre.ids, pre.mask
         names, cache_device, cache_dtype = pre.names, pre.cache_device, pre.cache_dtype
     else:
-        given_text, single = not isinstance(input, torch.Tensor), isinstance(input, str)
         ids, mask = model.tokenize(input, attention_mask)
         names = resolve_names(cache_names, model.cfg.n_layers) if cache_names is not None else []
     b, p0 = ids.shape
     stops = [stop] if isinstance(stop, str) else list(stop or [])
     eos = model.tokenizer.eos_token_id
     pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else eos
+    if pre is None and not names and not stops and not do_sample and not model._active and not model._context_hooks:
+        return _result(model, _hf_generate(model, ids, mask, max_new_tokens, eos if stop_at_eos else None, pad),
+                       p0, stops)
     generator = None
     if do_sample:
         generator = torch.Generator(device=model.device)
@@ -164,7 +181,7 @@ def generate(model, input, max_new_tokens=64, do_sample=False, temperature=1.0, 
     # interventions that live inside the one cache
     edits = any(a.interventions for a in actives)
     reuse = pre is not None and not (mode == "plain" and edits)
-    kv = copy.deepcopy(pre.kv) if reuse else DynamicCache(config=model.hf_model.config)
+    kv = copy.deepcopy(pre.kv) if reuse else model.arch.new_cache()
     ikv = None  # the second cache of "two_caches", once built
     store_steps: list[dict] = []
     finished = torch.zeros(b, dtype=torch.bool, device=ids.device)
@@ -202,7 +219,7 @@ def generate(model, input, max_new_tokens=64, do_sample=False, temperature=1.0, 
             if ikv is not None:  # it advances on every step, firing or not
                 inter = cached(step_ids, model._active_hooks(gate=False) + cache_hooks(istore), ikv, past, full_mask)
             elif firing.sum() > 0 and firing.sum() >= SECOND_CACHE_SHARE * (~finished).sum():
-                ikv = DynamicCache(config=model.hf_model.config)
+                ikv = model.arch.new_cache()
                 inter = cached(full_ids, model._active_hooks(gate=False) + cache_hooks(istore), ikv, 0, full_mask)
         elif mode == "last" and firing.any():
             hooks = model._active_hooks() + cache_hooks(istore)
@@ -265,12 +282,21 @@ def generate(model, input, max_new_tokens=64, do_sample=False, temperature=1.0, 
                 steps = [torch.nn.functional.pad(x, (0, width - x.shape[-1])) for x in steps]
             data[n] = torch.stack(steps, 1)
         cache = ActivationCache(data, model, attention_mask=torch.ones_like(gen))
-    if not given_text:
-        out = torch.cat([ids, gen], 1)
-    else:
-        prompts = model.tokenizer.batch_decode(ids, skip_special_tokens=True)
-        texts = []
-        for r in range(b):
-            texts.append(prompts[r] + continuation_text(model.tokenizer, gen[r], stops))
-        out = texts[0] if single else texts
-    return (out, cache) if names else out
+    return _result(model, torch.cat([ids, gen], 1), p0, stops, cache)
+
+
+def _hf_generate(model, ids, mask, max_new_tokens, eos, pad):
+    """Greedy generation by Hugging Face's own loop (nothing of ours runs between steps)."""
+    if max_new_tokens == 0:
+        return ids
+    from transformers import GenerationConfig
+
+    cfg = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos, pad_token_id=pad)
+    return model.hf_model.generate(input_ids=ids, attention_mask=mask, generation_config=cfg)
+
+
+def _result(model, tokens, p0, stops, cache=None) -> Generation:
+    tok = model.tokenizer
+    prompts = tok.batch_decode(tokens[:, :p0], skip_special_tokens=True)
+    conts = [continuation_text(tok, row, stops) for row in tokens[:, p0:]]
+    return Generation(tokens, p0, [p + c for p, c in zip(prompts, conts)], conts, cache)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import VerilensError
+from .arch import Arch, arch_for
 from .cache import ActivationCache
 from .interventions import Active
 from .names import parse_name, resolve_names
@@ -28,12 +29,13 @@ class HookedConfig:
     model_type: str
     gated_mlp: bool
     act_fn: str
+    final_softcap: float | None = None  # logits = cap * tanh(logits / cap) (Gemma2)
+    post_norms: bool = False  # attention / MLP outputs are normed before the residual adds them (Gemma)
 
 
-def _config_of(hf_model) -> HookedConfig:
+def _config_of(hf_model, arch: Arch, blocks) -> HookedConfig:
     c = hf_model.config
     n_heads = c.num_attention_heads
-    mlp = hf_model.model.layers[0].mlp
     return HookedConfig(
         n_layers=c.num_hidden_layers,
         n_heads=n_heads,
@@ -43,8 +45,10 @@ def _config_of(hf_model) -> HookedConfig:
         d_mlp=c.intermediate_size,
         d_vocab=hf_model.get_output_embeddings().weight.shape[0],
         model_type=c.model_type,
-        gated_mlp=all(hasattr(mlp, n) for n in ("gate_proj", "up_proj", "down_proj")),
-        act_fn=getattr(c, "hidden_act", "silu"),
+        gated_mlp=arch.has_glu(blocks[0]),
+        act_fn=arch.act_fn(c),
+        final_softcap=arch.final_softcap(c),
+        post_norms=arch.attn_out is not None or arch.mlp_out is not None,
     )
 
 
@@ -52,10 +56,14 @@ class HookedModel:
     """A causal LM with hook points. Build it with `verilens.load(...)`."""
 
     def __init__(self, hf_model, tokenizer, name: str = "model", source: str | None = None):
-        if not hasattr(hf_model, "model") or not hasattr(hf_model.model, "layers"):
-            raise VerilensError(f"{type(hf_model).__name__} is not a decoder-only model with .model.layers")
+        self.arch = arch_for(getattr(getattr(hf_model, "config", None), "model_type", None))
+        try:
+            self.arch.top(hf_model, "layers")
+        except AttributeError:
+            raise VerilensError(f"{type(hf_model).__name__} has no {self.arch.layers}: not a {self.arch.family} "
+                                "causal LM") from None
         self.hf_model, self.tokenizer, self.name, self.source = hf_model, tokenizer, name, source
-        self.cfg = _config_of(hf_model)
+        self.cfg = _config_of(hf_model, self.arch, self.blocks)
         self._context_hooks: list = []
         self._active: list[Active] = []
         # How head and neuron ablations run, in verilens.ops' vocabulary: "auto" fuses them
@@ -71,15 +79,21 @@ class HookedModel:
     # -- modules ----------------------------------------------------------------------
     @property
     def blocks(self):
-        return self.hf_model.model.layers
+        return self.arch.top(self.hf_model, "layers")
 
     @property
     def embed_module(self):
-        return self.hf_model.model.embed_tokens
+        return self.arch.top(self.hf_model, "embed")
 
     @property
     def final_norm(self):
-        return self.hf_model.model.norm
+        return self.arch.top(self.hf_model, "final_norm")
+
+    def module(self, layer: int, part: str):
+        """Layer `layer`'s module `part`: attn, q, k, v, o, q_norm, k_norm, mlp, gate, up,
+        down, attn_out, mlp_out (the modules whose outputs the residual adds); None where
+        the family has none (see verilens.hooks.arch)."""
+        return self.arch.part(self.blocks[layer], part)
 
     @property
     def device(self) -> torch.device:
@@ -96,19 +110,25 @@ class HookedModel:
         return w.view(n_heads, self.cfg.d_head, self.cfg.d_model).transpose(1, 2)
 
     def layer_weights(self, l: int) -> dict:
-        """Views (no copies) of layer l's weights; K/V have n_kv_heads heads."""
-        a, m, c = self.blocks[l].self_attn, self.blocks[l].mlp, self.cfg
+        """Views (no copies) of layer l's weights in TransformerLens' layout: W_Q [H, d, dh],
+        W_K / W_V [n_kv_heads, d, dh], W_O [H, dh, d]; with a GLU, W_gate / W_in
+        [d, d_mlp] and W_out [d_mlp, d] (row i: neuron i's value vector)."""
+        c, part = self.cfg, (lambda p: self.module(l, p))  # noqa: E731
         out = {
-            "W_Q": self._heads_in(a.q_proj, c.n_heads),
-            "W_K": self._heads_in(a.k_proj, c.n_kv_heads),
-            "W_V": self._heads_in(a.v_proj, c.n_kv_heads),
-            "W_O": a.o_proj.weight.view(c.d_model, c.n_heads, c.d_head).permute(1, 2, 0),
+            "W_Q": self._heads_in(part("q"), c.n_heads),
+            "W_K": self._heads_in(part("k"), c.n_kv_heads),
+            "W_V": self._heads_in(part("v"), c.n_kv_heads),
+            "W_O": part("o").weight.view(c.d_model, c.n_heads, c.d_head).permute(1, 2, 0),
         }
         if c.gated_mlp:
-            out.update(W_gate=m.gate_proj.weight.T, W_in=m.up_proj.weight.T, W_out=m.down_proj.weight.T)
+            out.update(W_gate=part("gate").weight.T, W_in=part("up").weight.T, W_out=part("down").weight.T)
         return out
 
-    def _stack(self, key, repeat_kv=False):
+    def stacked(self, key: str, repeat_kv: bool = False) -> torch.Tensor:
+        """layer_weights(l)[key] of every layer, stacked: [n_layers, ...]. W_K / W_V have
+        n_kv_heads heads unless `repeat_kv` repeats each KV head for its query heads."""
+        if key in ("W_gate", "W_in", "W_out"):
+            self.require_glu()
         ws = [self.layer_weights(l)[key] for l in range(self.cfg.n_layers)]
         if repeat_kv and self.cfg.n_kv_heads != self.cfg.n_heads:
             ws = [w.repeat_interleave(self.cfg.n_heads // self.cfg.n_kv_heads, dim=0) for w in ws]
@@ -116,38 +136,36 @@ class HookedModel:
 
     @property
     def W_Q(self):  # [L, H, d_model, d_head]
-        return self._stack("W_Q")
+        return self.stacked("W_Q")
 
     @property
     def W_K(self):  # [L, H, d_model, d_head], KV heads repeated per query head
-        return self._stack("W_K", repeat_kv=True)
+        return self.stacked("W_K", repeat_kv=True)
 
     @property
     def W_V(self):
-        return self._stack("W_V", repeat_kv=True)
+        return self.stacked("W_V", repeat_kv=True)
 
     @property
     def W_O(self):  # [L, H, d_head, d_model]
-        return self._stack("W_O")
+        return self.stacked("W_O")
 
-    def _require_glu(self):
+    def require_glu(self):
+        """Raise unless the MLPs are GLUs (gate/up/down): the GLU analyses need them."""
         if not self.cfg.gated_mlp:
             raise VerilensError("this model has no GLU MLP (gate_proj/up_proj/down_proj)")
 
     @property
     def W_gate(self):  # [L, d_model, d_mlp]
-        self._require_glu()
-        return self._stack("W_gate")
+        return self.stacked("W_gate")
 
     @property
     def W_in(self):  # up_proj, [L, d_model, d_mlp]
-        self._require_glu()
-        return self._stack("W_in")
+        return self.stacked("W_in")
 
     @property
     def W_out(self):  # down_proj, [L, d_mlp, d_model]
-        self._require_glu()
-        return self._stack("W_out")
+        return self.stacked("W_out")
 
     @property
     def W_U(self):  # [d_model, d_vocab] (view)
@@ -161,14 +179,28 @@ class HookedModel:
     def ln_final(self):
         return self.final_norm
 
+    @property
+    def final_norm_gain(self) -> torch.Tensor:
+        """[d_model]: the final RMSNorm's elementwise gain, ln_final(x) = gain * x / rms(x)
+        (Gemma: 1 + its weight)."""
+        return self.arch.norm_gain(self.final_norm)
+
+    @property
+    def final_norm_eps(self) -> float:
+        """The epsilon inside the final RMSNorm's rms."""
+        return self.arch.norm_eps(self.final_norm)
+
     def logit_lens(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits of residual-stream vectors [..., d_model] through the final norm and
-        the unembedding (for a direction, the norm's scale drops out of the ranking)."""
+        """Logits of residual-stream vectors [..., d_model] through the final norm, the
+        unembedding and the model's logit soft-cap, if any (for a direction, the norm's
+        scale drops out of the ranking)."""
         x = torch.as_tensor(x)
         if x.shape[-1] != self.cfg.d_model:
             raise VerilensError(f"logit_lens: width {x.shape[-1]} != d_model {self.cfg.d_model}")
         with torch.no_grad():
-            return self.hf_model.get_output_embeddings()(self.final_norm(x.to(self.device, self.dtype)))
+            logits = self.hf_model.get_output_embeddings()(self.final_norm(x.to(self.device, self.dtype)))
+            cap = self.cfg.final_softcap
+            return logits if cap is None else torch.tanh(logits / cap) * cap
 
     # -- tokens -----------------------------------------------------------------------
     def tokenize(self, input, attention_mask=None):
@@ -336,12 +368,13 @@ class HookedModel:
         return Prefill(self, input, cache_names, cache_device, cache_dtype, attention_mask)
 
     def generate(self, input, max_new_tokens: int = 64, **kwargs):
-        """Batched generation with left padding (see verilens.hooks.generate.generate)."""
+        """Batched generation with left padding, exact under interventions; returns a
+        Generation (see verilens.hooks.generate.generate)."""
         from .generate import generate
 
         return generate(self, input, max_new_tokens=max_new_tokens, **kwargs)
 
     def __repr__(self):
         c = self.cfg
-        return (f"HookedModel({self.name!r}: {c.model_type}, {c.n_layers} layers, {c.n_heads} heads "
+        return (f"HookedModel({self.name!r}: {self.arch.family}, {c.n_layers} layers, {c.n_heads} heads "
                 f"({c.n_kv_heads} kv), d_model {c.d_model}, d_mlp {c.d_mlp}, vocab {c.d_vocab})")

@@ -169,7 +169,8 @@ class HookSession:
     def _install_layer(self, l, points):
         m, cfg = self.model, self.model.cfg
         block = m.blocks[l]
-        attn, mlp = block.self_attn, block.mlp
+        part = lambda p: m.module(l, p)  # noqa: E731  (the family's module, verilens.hooks.arch)
+        attn, mlp, o_proj, down = part("attn"), part("mlp"), part("o"), part("down")
         n = lambda p: f"blocks.{l}.{p}"  # noqa: E731
         H, Hkv, dh = cfg.n_heads, cfg.n_kv_heads, cfg.d_head
         need_resid_pre = "hook_resid_pre" in points or "hook_resid_mid" in points
@@ -183,7 +184,7 @@ class HookSession:
                     return _replace_first(args, kwargs, new)
             self._pre(block, layer_pre)
 
-        for point, proj, heads in (("attn.hook_q", "q_proj", H), ("attn.hook_k", "k_proj", Hkv), ("attn.hook_v", "v_proj", Hkv)):
+        for point, proj, heads in (("attn.hook_q", "q", H), ("attn.hook_k", "k", Hkv), ("attn.hook_v", "v", Hkv)):
             if point in points:
                 def proj_post(mod, a, k, out, point=point, heads=heads):
                     b, p, _ = out.shape
@@ -191,14 +192,14 @@ class HookSession:
                     new = self._apply(n(point), l, view)
                     if new is not view:
                         return new.reshape(b, p, heads * dh)
-                self._post(getattr(attn, proj), proj_post)
+                self._post(part(proj), proj_post)
 
         if "attn.hook_pattern" in points:
-            self._install_pattern(l, attn)
+            self._install_pattern(l)
 
-        fused_z = self._fusable(n("attn.hook_z"), attn.o_proj.weight)
+        fused_z = self._fusable(n("attn.hook_z"), o_proj.weight)
         if fused_z is not None:
-            self._override(attn.o_proj, self._fused_o_proj(l, attn.o_proj, *fused_z))
+            self._override(o_proj, self._fused_o_proj(l, o_proj, *fused_z))
         elif "attn.hook_z" in points or "attn.hook_result" in points:
             def o_pre(mod, args, kwargs):
                 x = _first_arg(args, kwargs, "input")
@@ -209,7 +210,7 @@ class HookSession:
                     self._apply(n("attn.hook_result"), l, m_result(self.model, l, new, self.info.positions), writable=False)
                 if new is not z:
                     return _replace_first(args, kwargs, new.reshape(b, p, H * dh), "input")
-            self._pre(attn.o_proj, o_pre)
+            self._pre(o_proj, o_pre)
 
         if "hook_attn_out" in points or "hook_resid_mid" in points:
             def attn_post(mod, args, kwargs, out):
@@ -224,23 +225,23 @@ class HookSession:
                         new = mid_new - pre  # the layer adds resid_pre back
                 if new is not a:
                     return (new,) + tuple(out[1:]) if is_tuple else new
-            self._post(attn, attn_post)
+            self._post(part("attn_out"), attn_post)
 
-        for point, mod in (("mlp.hook_pre", mlp.gate_proj), ("mlp.hook_pre_linear", mlp.up_proj)):
+        for point, mod in (("mlp.hook_pre", "gate"), ("mlp.hook_pre_linear", "up")):
             if point in points:
-                self._post(mod, lambda _m, a, k, out, point=point: self._apply(n(point), l, out))
-        fused_glu = self._fusable(n("mlp.hook_post"), mlp.down_proj.weight)
+                self._post(part(mod), lambda _m, a, k, out, point=point: self._apply(n(point), l, out))
+        fused_glu = self._fusable(n("mlp.hook_post"), down.weight)
         if fused_glu is not None and self.model.cfg.act_fn == "silu":
-            self._override(mlp, self._fused_mlp(l, mlp, *fused_glu))
+            self._override(mlp, self._fused_mlp(l, part("gate"), part("up"), down, *fused_glu))
         elif "mlp.hook_post" in points:
             def down_pre(mod, args, kwargs):
                 x = _first_arg(args, kwargs, "input")
                 new = self._apply(n("mlp.hook_post"), l, x)
                 if new is not x:
                     return _replace_first(args, kwargs, new, "input")
-            self._pre(mlp.down_proj, down_pre)
+            self._pre(down, down_pre)
         if "hook_mlp_out" in points:
-            self._post(mlp, lambda _m, a, k, out: self._apply(n("hook_mlp_out"), l, out))
+            self._post(part("mlp_out"), lambda _m, a, k, out: self._apply(n("hook_mlp_out"), l, out))
         if "hook_resid_post" in points:
             def layer_post(mod, args, kwargs, out):
                 is_tuple = isinstance(out, tuple)
@@ -270,7 +271,7 @@ class HookSession:
             return out
         return forward
 
-    def _fused_mlp(self, l, mlp, edit, backend):
+    def _fused_mlp(self, l, gate_proj, up_proj, down_proj, edit, backend):
         """down_proj(SiLU(gate) * up) with the neuron edit fused into the GLU kernel; the
         gate/up/down modules still run as modules, so their hooks fire."""
         from ..ops import masked_glu
@@ -278,22 +279,24 @@ class HookSession:
         name = f"blocks.{l}.mlp.hook_post"
 
         def forward(x):
-            gate, up = mlp.gate_proj(x), mlp.up_proj(x)
+            gate, up = gate_proj(x), up_proj(x)
             plan = edit.plan(gate, HookContext(name, l, self.info))
             scale, fill, where = plan if plan is not None else (None, None, None)
             act, _ = masked_glu(gate, up, scale=scale, fill=fill, where=where, backend=backend)
-            return mlp.down_proj(act)
+            return down_proj(act)
         return forward
 
-    def _install_pattern(self, l, attn):
+    def _install_pattern(self, l):
         """Attention rows for the query positions asked for, from q and k, without
         touching the model's own (fast) attention call."""
-        key = ("pattern", l)
+        key, m = ("pattern", l), self.model
 
         def attn_pre(mod, args, kwargs):
+            cache = kwargs.get("cache", kwargs.get("past_key_values"))
             self.info.stash[key] = {
                 "pos_emb": kwargs.get("position_embeddings"),
-                "cache": kwargs.get("cache", kwargs.get("past_key_values")),
+                # the keys cached before this pass (read before attention adds its own)
+                "past": m.arch.past_keys(cache, l) if cache is not None and self.info.past > 0 else None,
             }
 
         def q_post(mod, a, k, out):
@@ -307,51 +310,50 @@ class HookSession:
             pattern = attention_pattern(self.model, l, st, self.info)
             self._apply(f"blocks.{l}.attn.hook_pattern", l, pattern, writable=False)
 
-        self._pre(attn, attn_pre)
-        # registered after any user hook on q_proj/k_proj, so the stash sees their edits
-        self._post(attn.q_proj, q_post)
-        self._post(attn.k_proj, k_post)
-        self._post(attn, attn_post)
-
-
-def _rotate_half(x):
-    h = x.shape[-1] // 2
-    return torch.cat((-x[..., h:], x[..., :h]), dim=-1)
-
-
-def _rope(x, cos, sin):
-    # x [b, heads, p, dh]; cos/sin [b, p, dh]
-    return x * cos.unsqueeze(1) + _rotate_half(x) * sin.unsqueeze(1)
+        self._pre(m.module(l, "attn"), attn_pre)
+        # registered after any user hook on q/k, so the stash sees their edits
+        self._post(m.module(l, "q"), q_post)
+        self._post(m.module(l, "k"), k_post)
+        self._post(m.module(l, "attn"), attn_post)
 
 
 def attention_pattern(model, l, st, info: PassInfo):
-    """[batch, head, q, key] attention probabilities for the cached query positions."""
-    cfg = model.cfg
-    attn = model.blocks[l].self_attn
+    """[batch, head, q, key] attention probabilities for the cached query positions, over
+    every key position of the sequence so far (past + this pass), computed the way the
+    family's attention does: q/k norms, RoPE, scaling, soft-cap, causal and sliding-window
+    masks, the padding mask."""
+    cfg, arch = model.cfg, model.arch
+    attn = model.module(l, "attn")
+    q_norm, k_norm = model.module(l, "q_norm"), model.module(l, "k_norm")
     H, Hkv, dh = cfg.n_heads, cfg.n_kv_heads, cfg.d_head
     q, k = st["q"], st["k"]
     b, p, _ = q.shape
+    rows = torch.arange(b, device=q.device)[:, None]
     pos = info.positions if info.positions is not None else torch.arange(p, device=q.device).expand(b, p)
-    qs = q[torch.arange(b, device=q.device)[:, None], pos].view(b, -1, H, dh).transpose(1, 2)
-    if getattr(attn, "q_norm", None) is not None:
-        qs = attn.q_norm(qs.transpose(1, 2)).transpose(1, 2)
+    qs = q[rows, pos].view(b, -1, H, dh)
+    ks = k.view(b, p, Hkv, dh)
+    if q_norm is not None:
+        qs = q_norm(qs)
+    if k_norm is not None:
+        ks = k_norm(ks)
     cos, sin = st["pos_emb"]
-    cos_q = cos.expand(b, -1, -1)[torch.arange(b, device=q.device)[:, None], pos]
-    sin_q = sin.expand(b, -1, -1)[torch.arange(b, device=q.device)[:, None], pos]
-    qs = _rope(qs, cos_q, sin_q)
-    cache = st.get("cache")
-    if cache is not None and info.past > 0:
-        keys = cache.layers[l].keys  # already rotated, past + this pass
-    else:
-        ks = k.view(b, p, Hkv, dh).transpose(1, 2)
-        if getattr(attn, "k_norm", None) is not None:
-            ks = attn.k_norm(ks.transpose(1, 2)).transpose(1, 2)
-        keys = _rope(ks, cos.expand(b, -1, -1), sin.expand(b, -1, -1))
+    cos, sin = cos.expand(b, -1, -1), sin.expand(b, -1, -1)
+    qs = arch.rope(qs.transpose(1, 2), cos[rows, pos], sin[rows, pos])
+    keys = arch.rope(ks.transpose(1, 2), cos, sin)
+    if st["past"] is not None:
+        keys = torch.cat([st["past"], keys], dim=-2)  # already rotated
     keys = keys.repeat_interleave(H // Hkv, dim=1)
     scores = torch.matmul(qs.float(), keys.float().transpose(-1, -2)) * attn.scaling
+    cap = arch.attn_softcap(model.hf_model.config)
+    if cap is not None:
+        scores = torch.tanh(scores / cap) * cap
     n_keys = keys.shape[-2]
-    q_abs = pos + info.past  # [b, k]
-    allowed = torch.arange(n_keys, device=q.device)[None, None, :] <= q_abs[:, :, None]
+    k_abs = torch.arange(n_keys, device=q.device)[None, None, :]
+    q_abs = (pos + info.past)[:, :, None]  # [b, k, 1]
+    allowed = k_abs <= q_abs
+    window = arch.sliding_window(model.hf_model.config, l)
+    if window is not None:
+        allowed = allowed & (k_abs > q_abs - window)
     if info.attention_mask is not None:
         allowed = allowed & info.attention_mask[:, None, -n_keys:].bool()
     scores = scores.masked_fill(~allowed[:, None], float("-inf"))
@@ -364,6 +366,6 @@ def m_result(model, l, z, positions):
     b, p, H, dh = z.shape
     if positions is not None:
         z = z[torch.arange(b, device=z.device)[:, None], positions]
-    W_O = model.blocks[l].self_attn.o_proj.weight  # [d_model, H*dh]
+    W_O = model.module(l, "o").weight  # [d_model, H*dh]
     W = W_O.view(W_O.shape[0], H, dh)  # view
     return torch.einsum("bkhd,mhd->bkhm", z, W)

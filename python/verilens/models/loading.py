@@ -13,9 +13,8 @@ import torch
 
 from ..errors import VerilensError
 
-# Causal LMs whose decoder layers have the Qwen2/Llama shape (q/k/v/o projections,
-# SiLU-GLU MLP with gate/up/down, RMSNorm): what the analyses are written for.
-SUPPORTED_MODEL_TYPES = ("qwen2", "llama", "mistral", "qwen3")
+from ..hooks.arch import SUPPORTED_MODEL_TYPES, arch_for
+
 BUILTIN = {"countdown-tiny": "countdown-tiny"}
 
 
@@ -59,12 +58,10 @@ def _check_model_type(config_path: Path):
         cfg = json.loads(config_path.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise VerilensError(f"cannot read {config_path}: {e}") from e
-    model_type = cfg.get("model_type")
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        raise VerilensError(
-            f"{config_path.parent}: model_type {model_type!r} is not supported; verilens analyses "
-            f"decoder-only LMs with a SiLU-GLU MLP: {', '.join(SUPPORTED_MODEL_TYPES)}"
-        )
+    try:
+        arch_for(cfg.get("model_type"))
+    except VerilensError as e:
+        raise VerilensError(f"{config_path.parent}: {e}") from None
 
 
 def _looks_like_hub_id(s: str) -> bool:
@@ -147,9 +144,10 @@ def load(name_or_path, device=None, dtype=None):
         raise VerilensError(f"could not load {source}: {e}") from e
     if gguf_file:
         _drop_gguf_quantizer(model)
-    model_type = getattr(model.config, "model_type", None)
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        raise VerilensError(f"{source}: model_type {model_type!r} is not supported ({', '.join(SUPPORTED_MODEL_TYPES)})")
+    try:
+        arch_for(getattr(model.config, "model_type", None))
+    except VerilensError as e:
+        raise VerilensError(f"{source}: {e}") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.to(device).eval()

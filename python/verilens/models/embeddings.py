@@ -1,4 +1,4 @@
-"""Loading (un)embedding matrices for geometry: causal LMs through verilens.load, and
+"""Loading (un)embedding matrices (for verilens.geometry): causal LMs through verilens.load, and
 encoder folders (BERT, MiniLM, ...) through transformers' AutoModel, all offline.
 
 Names accepted: anything verilens.load takes (countdown-tiny, a causal-LM folder, a
@@ -53,7 +53,7 @@ def _is_encoder_folder(path: Path) -> bool:
         c = json.loads(cfg.read_text())
     except (OSError, ValueError):
         return False
-    from ..models import SUPPORTED_MODEL_TYPES
+    from .loading import SUPPORTED_MODEL_TYPES
 
     return c.get("model_type") not in SUPPORTED_MODEL_TYPES and not c.get("is_decoder", False)
 
@@ -80,12 +80,9 @@ def load_embeddings(name: str, which: str = "embed") -> EmbeddingSource:
         else:
             W = model.get_input_embeddings().weight
         return EmbeddingSource(str(name), W.detach().float().cpu().contiguous(), tok, which, str(path))
-    from ..models import load
+    from .loading import load
 
     m = load(path_s, dtype=torch.float32)
-    mod = m.hf_model.get_input_embeddings() if which == "embed" else m.hf_model.get_output_embeddings()
-    if mod is None:
-        raise VerilensError(f"{name} has no {'input' if which == 'embed' else 'output'} embeddings")
-    W = mod.weight.detach().float().cpu().contiguous()
+    W = (m.W_E if which == "embed" else m.W_U.T).detach().float().cpu().contiguous()
     # Rows past the tokenizer's vocabulary (padding for matmul alignment) are not tokens.
     return EmbeddingSource(str(name), W, m.tokenizer, which, m.source)
