@@ -67,7 +67,7 @@ def test_floor_gram_tiles(benchmark, big):
 @pytest.mark.benchmark(group="stream-V50k")
 @pytest.mark.parametrize("backend", ["blas", "core"])
 def test_stream(benchmark, big, backend):
-    r = benchmark.pedantic(lambda: G.distance_correlation(*big, "cosine", backend=backend),
+    r = benchmark.pedantic(lambda: G.distance_correlation(*big, "cosine", method="stream", backend=backend),
                            rounds=ROUNDS, iterations=1, warmup_rounds=0)
     benchmark.extra_info["r"] = r
 
@@ -75,7 +75,7 @@ def test_stream(benchmark, big, backend):
 @pytest.mark.benchmark(group="stream-V50k")
 def test_stream_torch_reduction(benchmark, big):
     """Pure torch (BLAS tiles + float64 torch reduction): one round, it is slow."""
-    benchmark.pedantic(lambda: G.distance_correlation(*big, "cosine", backend="torch"),
+    benchmark.pedantic(lambda: G.distance_correlation(*big, "cosine", method="stream", backend="torch"),
                        rounds=1, iterations=1, warmup_rounds=0)
 
 
@@ -93,7 +93,7 @@ _MEM_SCRIPT = textwrap.dedent("""
         fn = lambda: pearsonr(pdist(A, "cosine"), pdist(B, "cosine")).statistic
     else:
         from verilens import geometry as G
-        fn = lambda: G.distance_correlation(A, B, "cosine", backend=what)
+        fn = lambda: G.distance_correlation(A, B, "cosine", method="stream", backend=what)
     def status(key):
         for line in open("/proc/self/status"):
             if line.startswith(key):

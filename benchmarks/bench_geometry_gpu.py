@@ -9,7 +9,7 @@ The floor is `torch.mm` of [8192, d] x [d, 8192] in the same dtype, timed with
 Gram tiles over the upper triangle of the token plane: 2 models x 2d FLOPs x V(V+1)/2
 pairs (the diagonal tiles are computed whole). Rows: bf16 and fp16 through the kernel
 entry point (`pearson_sums_triton`, the inputs already normalised as the library does),
-and fp32 through the public `distance_correlation(..., backend="triton")` (tf32 dots),
+and fp32 through the public `distance_correlation(..., method="stream", backend="triton")` (tf32 dots),
 each with its own floor. Skips without CUDA. Override the size with VERILENS_BENCH_GPU_V.
 """
 import json
@@ -60,7 +60,7 @@ def test_distance_correlation_gpu(benchmark, dtype):
     B = torch.randn(V, D, device="cuda", generator=g)
     if dtype == torch.float32:
         torch.backends.cuda.matmul.allow_tf32 = True  # the floor in the precision tl.dot uses for fp32
-        run = lambda: G.distance_correlation(A, B, backend="triton")  # noqa: E731
+        run = lambda: G.distance_correlation(A, B, method="stream", backend="triton")  # noqa: E731
     else:
         An = (A / A.norm(dim=1, keepdim=True)).to(dtype)
         Bn = (B / B.norm(dim=1, keepdim=True)).to(dtype)

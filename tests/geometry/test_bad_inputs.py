@@ -92,7 +92,7 @@ def test_bad_options(rng):
         import os
         if os.environ.get("TRITON_INTERPRET", "0") not in ("0", ""):
             pytest.skip("interpreter enabled")
-        G.distance_correlation(A, B, backend="triton")
+        G.distance_correlation(A, B, method="stream", backend="triton")
     with pytest.raises(VerilensError, match="permutations"):
         G.mantel(A, B, permutations=0)
     with pytest.raises(VerilensError, match="not a tokenizer"):

@@ -10,7 +10,7 @@ import torch
 
 from ..errors import VerilensError
 
-METRICS = ("cosine", "euclidean")
+METRICS = ("cosine", "dot", "sqeuclidean", "euclidean")
 
 
 class GeometryWarning(UserWarning):

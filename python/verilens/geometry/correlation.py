@@ -1,7 +1,10 @@
 """Global geometry: the correlation between two models' pairwise distance matrices,
-streamed tile by tile, and the Mantel permutation test.
+and the Mantel permutation test.
 
-For aligned rows E_a[i] <-> E_b[i] (one token each) we want Pearson's r between
+Two ways to the same r. For cosine, dot and squared Euclidean distances the default is
+the exact closed form from d x d products (verilens.geometry.closed_form: O(V d^2), no
+pair is ever formed). method="stream", the only way for Euclidean distances and the
+cross-check in the tests, visits every pair: for aligned rows E_a[i] <-> E_b[i] (one token each) we want Pearson's r between
 d_A(i, j) and d_B(i, j) over all pairs i < j: 10^9-10^10 pairs at vocabulary scale.
 Nothing of size V x V is ever stored: each tile of the token x token plane yields six
 numbers (pair count and the sums of x, y, x^2, y^2, xy) and the tiles' sums are added
@@ -29,8 +32,11 @@ import torch
 from .. import ops
 from ..errors import VerilensError
 from ._inputs import Prepared, prepare_pair
+from .closed_form import CLOSED_METRICS, closed_form_r, pearson_from_sums
 
 BACKENDS = ("auto", "blas", "core", "torch", "triton")
+METHODS = ("auto", "closed", "stream")
+STREAM_METRICS = ("cosine", "euclidean")
 _PILOT_PAIRS = 2000  # the shift only needs to be near the mean distance
 
 
@@ -66,16 +72,6 @@ class _Sums:
         return [a.value for a in self.acc]
 
 
-def _pearson(n, sx, sy, sxx, syy, sxy) -> float:
-    vx = sxx - sx * sx / n
-    vy = syy - sy * sy / n
-    if not (vx > 0 and vy > 0):
-        raise VerilensError(
-            "the pairwise distances of one model are all equal (zero variance): the correlation is "
-            "undefined; check that the embeddings are not constant or duplicated rows")
-    return (sxy - sx * sy / n) / math.sqrt(vx * vy)
-
-
 @dataclass
 class DistanceCorrelation:
     """Result of distance_correlation(..., return_info=True)."""
@@ -84,8 +80,9 @@ class DistanceCorrelation:
     metric: str
     n_tokens: int
     n_pairs: int
-    method: str                     # "pearson" or "spearman"
-    backend: str
+    statistic: str                  # "pearson" or "spearman"
+    method: str                     # "closed" (d x d products), "stream" (tiles) or "sample" (Spearman)
+    backend: str                    # the stream's backend; "torch" for the closed form (BLAS / cuBLAS)
     skipped_rows: list = field(default_factory=list)  # zero-norm rows dropped (zero_rows="skip")
     sampled_pairs: int | None = None  # spearman: pairs in the sample
 
@@ -168,6 +165,10 @@ def _pair_distances(X, i, j, metric, norms, mu=None, block=65536):
         xi, xj = X[ii].double(), X[jj].double()
         if metric == "cosine":
             d = 1.0 - (xi * xj).sum(1) / (norms[ii] * norms[jj])
+        elif metric == "dot":  # a similarity: its correlations equal those of its negation
+            d = (xi * xj).sum(1)
+        elif metric == "sqeuclidean":
+            d = ((xi - xj) ** 2).sum(1)
         else:
             d = torch.linalg.vector_norm(xi - xj, dim=1)
         out[s:s + block] = d.cpu()
@@ -262,34 +263,72 @@ def _sums_for(prep, metric, perms, backend, tile=None, seed=0, progress=None):
 
 # ----------------------------------------------------------------------------------
 # Public API
+def _resolve_method(method: str, metric: str, rank: bool, backend: str = "auto") -> str:
+    how = _method_for(method, metric, rank)
+    if backend != "auto" and how != "stream":
+        if backend not in BACKENDS:
+            raise VerilensError(f"unknown backend {backend!r}; use one of {BACKENDS}")
+        raise VerilensError(f"backend={backend!r} picks the kernels of the streamed pair loop; this call runs the "
+                            f"{'closed form' if how == 'closed' else 'sampled Spearman path'} (metric {metric!r}): "
+                            "pass method='stream' to stream every pair")
+    return how
+
+
+def _method_for(method: str, metric: str, rank: bool) -> str:
+    if method not in METHODS:
+        raise VerilensError(f"unknown method {method!r}; use one of {METHODS}")
+    if rank:
+        if method != "auto":
+            raise VerilensError("rank=True (Spearman) ranks the distances of sampled pairs: ranks have no closed "
+                                f"form and are not streamed; leave method='auto' (got {method!r})")
+        return "sample"
+    if method == "auto":
+        return "closed" if metric in CLOSED_METRICS else "stream"
+    if method == "stream" and metric not in STREAM_METRICS:
+        raise VerilensError(f"method='stream' computes {' and '.join(STREAM_METRICS)} distances; metric {metric!r} "
+                            "uses the closed form (method='auto' or 'closed')")
+    if method == "closed" and metric not in CLOSED_METRICS:
+        raise VerilensError(f"the closed form covers {', '.join(CLOSED_METRICS)}; metric {metric!r} needs "
+                            "method='stream' (or 'auto')")
+    return method
+
+
 def distance_correlation(E_a, E_b, metric: str = "cosine", *, rank: bool = False,
                          zero_rows: str = "raise", sample_pairs: int = 1_000_000, seed: int = 0,
-                         backend: str = "auto", tile: int | None = None, return_info: bool = False):
+                         method: str = "auto", backend: str = "auto", tile: int | None = None,
+                         return_info: bool = False):
     """Pearson correlation between the pairwise distance matrices of two row-aligned
-    embedding matrices, over all pairs i < j, streamed (no V x V matrix is stored).
+    embedding matrices, over all pairs i < j (no V x V matrix is stored).
 
     E_a: [V, d_a], E_b: [V, d_b] (torch tensors or numpy arrays, both float32 or both
     float64; widths may differ), row i of each belongs to the same token.
-    metric: "cosine" (1 - cos) or "euclidean".
+    metric: "cosine" (1 - cos), "dot" (the dot product), "sqeuclidean" or "euclidean".
+    method: "auto" (default: "closed" for cosine, dot and sqeuclidean, "stream" for
+    euclidean), "closed" (exact from d x d products, O(V d^2); verilens.geometry.closed_form)
+    or "stream" (every pair's distance, tile by tile, O(V^2 d); cosine and euclidean).
     rank=True: Spearman's rho on `sample_pairs` uniformly sampled pairs (exact distances
     in float64; all pairs when there are fewer).
     zero_rows (cosine): "raise" (default) names the zero-norm rows; "skip" drops them
     from both sides and warns with the count (also in the info's skipped_rows).
-    backend: "auto" | "blas" | "core" | "torch" | "triton" (see the module doc).
+    backend (method="stream"): "auto" | "blas" | "core" | "torch" | "triton" (module doc).
     Returns a float, or a DistanceCorrelation with return_info=True."""
     prep = prepare_pair(E_a, E_b, metric, zero_rows=zero_rows)
+    how = _resolve_method(method, metric, rank, backend)
     V = prep.A.shape[0]
     n_all = V * (V - 1) // 2
-    if rank:
+    if how == "sample":
         r, used = _spearman_sample(prep, metric, sample_pairs, seed)
-        info = DistanceCorrelation(r, metric, V, n_all, "spearman", "sample", list(prep.skipped), used)
+        info = DistanceCorrelation(r, metric, V, n_all, "spearman", "sample", "torch", list(prep.skipped), used)
+    elif how == "closed":
+        (r,) = closed_form_r(prep, metric)
+        info = DistanceCorrelation(r, metric, V, n_all, "pearson", "closed", "torch", list(prep.skipped))
     else:
         be = _resolve_backend(backend, prep.A.device)
         (six,) = _sums_for(prep, metric, [None], be, tile=tile, seed=seed)
         if int(round(six[0])) != n_all:
             raise RuntimeError(f"internal error: counted {six[0]} pairs, expected {n_all}")
-        r = _pearson(*six)
-        info = DistanceCorrelation(r, metric, V, n_all, "pearson", be, list(prep.skipped))
+        r = pearson_from_sums(*six)
+        info = DistanceCorrelation(r, metric, V, n_all, "pearson", "stream", be, list(prep.skipped))
     return info if return_info else info.r
 
 
@@ -323,21 +362,24 @@ class MantelResult:
     metric: str
     n_tokens: int
     skipped_rows: list = field(default_factory=list)
+    method: str = "closed"   # "closed" or "stream", as in distance_correlation
 
     def __float__(self):
         return float(self.r)
 
 
 def mantel(E_a, E_b, metric: str = "cosine", *, permutations: int = 99, seed: int = 0,
-           alternative: str = "greater", zero_rows: str = "raise", backend: str = "auto",
+           alternative: str = "greater", zero_rows: str = "raise", method: str = "auto", backend: str = "auto",
            tile: int | None = None, batch: int = 8) -> MantelResult:
     """Mantel permutation test for the correlation of two distance matrices.
 
     Each permutation p relabels the tokens of E_b: r_p = corr(d_A(i,j), d_B(p(i),p(j))),
-    computed by the same streaming kernel with the permutation applied to row indices on
-    the fly (no permuted copy of E_b or of any distance matrix). On the tile backends up
-    to `batch` permutations share one sweep, so A's Gram tiles are computed once per
-    batch: a permutation costs about one B-side Gram pass plus its reduction.
+    with the permutations numpy.random.default_rng(seed).permutation(V), in order.
+    method "closed" (the default for cosine, dot, sqeuclidean): one X^T Y[p] product per
+    permutation, `batch` permutations side by side in one GEMM per row block. "stream":
+    the tile kernels with the permutation applied to row indices on the fly (no permuted
+    copy); on the tile backends up to `batch` permutations share one sweep, so A's Gram
+    tiles are computed once per batch.
     p-value: (1 + #{r_p >= r}) / (1 + permutations) ("greater"), "less" or "two-sided"
     (|r_p - mean| >= |r - mean|)."""
     if permutations < 1:
@@ -345,16 +387,20 @@ def mantel(E_a, E_b, metric: str = "cosine", *, permutations: int = 99, seed: in
     if alternative not in ("greater", "less", "two-sided"):
         raise VerilensError("alternative must be 'greater', 'less' or 'two-sided'")
     prep = prepare_pair(E_a, E_b, metric, zero_rows=zero_rows)
+    how = _resolve_method(method, metric, False, backend)
     V = prep.A.shape[0]
-    be = _resolve_backend(backend, prep.A.device)
     rng = np.random.default_rng(seed)
     perm_list = [rng.permutation(V) for _ in range(permutations)]
     maps = [None] + perm_list
-    rs = []
-    step = max(1, batch) if be in ("blas", "torch") else 1
-    for s in range(0, len(maps), step):
-        for six in _sums_for(prep, metric, maps[s:s + step], be, tile=tile, seed=seed):
-            rs.append(_pearson(*six))
+    if how == "closed":
+        rs = closed_form_r(prep, metric, maps, batch=batch)
+    else:
+        be = _resolve_backend(backend, prep.A.device)
+        rs = []
+        step = max(1, batch) if be in ("blas", "torch") else 1
+        for s in range(0, len(maps), step):
+            for six in _sums_for(prep, metric, maps[s:s + step], be, tile=tile, seed=seed):
+                rs.append(pearson_from_sums(*six))
     r, null = rs[0], np.asarray(rs[1:])
     if alternative == "greater":
         k = int(np.sum(null >= r))
@@ -363,4 +409,4 @@ def mantel(E_a, E_b, metric: str = "cosine", *, permutations: int = 99, seed: in
     else:
         mu = null.mean()
         k = int(np.sum(np.abs(null - mu) >= abs(r - mu)))
-    return MantelResult(r, (1 + k) / (1 + permutations), permutations, null, metric, V, list(prep.skipped))
+    return MantelResult(r, (1 + k) / (1 + permutations), permutations, null, metric, V, list(prep.skipped), how)

@@ -29,7 +29,9 @@ import numpy as np
 import torch
 
 from ..errors import VerilensError
-from ._inputs import METRICS, as_matrix, check_finite, check_pair, row_norms64
+from ._inputs import as_matrix, check_finite, check_pair, row_norms64
+
+LOCAL_METRICS = ("cosine", "euclidean")  # neighbourhoods: the metrics the kNN and LLE code computes
 
 
 def _check_k(k: int, V: int):
@@ -40,8 +42,8 @@ def _check_k(k: int, V: int):
 
 
 def _prep(E, name, metric):
-    if metric not in METRICS:
-        raise VerilensError(f"unknown metric {metric!r}; use one of {METRICS}")
+    if metric not in LOCAL_METRICS:
+        raise VerilensError(f"unknown metric {metric!r}; neighbourhoods use one of {LOCAL_METRICS}")
     X = as_matrix(E, name)
     check_finite(X, name)
     if metric == "cosine":

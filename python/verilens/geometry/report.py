@@ -147,12 +147,14 @@ def run_geometry(models, out, which: str = "embed", metric: str = "cosine", max_
         R[i, j] = R[j, i] = info.r
         entry = {"a": names[i], "b": names[j], "shared_vocab": sv.stats, "tokens": len(strings),
                  "pairs": info.n_pairs, "pearson_r": info.r, "spearman_rho_sampled": rho,
-                 "skipped_zero_rows": n_zero + len(info.skipped_rows), "backend": info.backend}
+                 "skipped_zero_rows": n_zero + len(info.skipped_rows), "method": info.method,
+                 "backend": info.backend}
         if permutations > 0:
             mt = min(len(strings), mantel_tokens)
             sub = np.sort(np.random.default_rng(seed).choice(len(strings), size=mt, replace=False))
             res = mantel(Ea[sub], Eb[sub], metric, permutations=permutations, seed=seed, zero_rows="skip")
-            entry["mantel"] = {"tokens": mt, "permutations": permutations, "r": res.r, "p_value": res.p_value}
+            entry["mantel"] = {"tokens": mt, "permutations": permutations, "r": res.r, "p_value": res.p_value,
+                               "method": res.method}
         loc_n = min(len(strings), 5000)
         sub = np.sort(np.random.default_rng(seed + 1).choice(len(strings), size=loc_n, replace=False))
         A_, B_ = _prep(Ea[sub], "E_a", metric), _prep(Eb[sub], "E_b", metric)

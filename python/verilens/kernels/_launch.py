@@ -99,6 +99,19 @@ def index_arg(op: str, name: str, x, dev: torch.device) -> torch.Tensor:
     return t.long()
 
 
+def where_arg(op: str, where, scale, dev: torch.device, B: int, P: int) -> torch.Tensor:
+    """The [batch, pos] bool mask of the positions an edit applies to (a [pos] mask for a
+    batch of one is taken as [1, pos])."""
+    if scale is None:
+        raise VerilensError(f"{op}: `where` needs a scale")
+    w = as_tensor_arg(op, "where", where, dev, torch.bool)
+    if w.dim() == 1 and B == 1:
+        w = w[None]
+    if tuple(w.shape) != (B, P):
+        raise VerilensError(f"{op}: where must be [batch, pos] = [{B}, {P}], got {list(w.shape)}")
+    return w
+
+
 def check_finite(op: str, name: str, t: torch.Tensor) -> None:
     if host_values(t) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
         raise VerilensError(f"{op}: {name} contains NaN or inf")

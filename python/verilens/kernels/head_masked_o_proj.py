@@ -127,13 +127,7 @@ def canonical(z, weight, bias=None, n_heads=None, scale=None, fill=None, where=N
                                 f"got {list(s.shape)}")
         L.check_finite(OP, "scale", s)
     if where is not None:
-        if s is None:
-            raise VerilensError(f"{OP}: `where` needs a scale")
-        w = L.as_tensor_arg(OP, "where", where, dev, torch.bool)
-        if w.dim() == 1 and B == 1:
-            w = w[None]
-        if tuple(w.shape) != (B, P):
-            raise VerilensError(f"{OP}: where must be [batch, pos] = [{B}, {P}], got {list(w.shape)}")
+        w = L.where_arg(OP, where, s, dev, B, P)
         # a per-head scale at some positions is a per-position scale (on the device: no sync)
         s = torch.where(w[..., None], s, torch.ones((), dtype=pdt, device=dev))
     fl = None

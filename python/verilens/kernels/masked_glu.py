@@ -100,13 +100,7 @@ def canonical(gate, up, scale=None, fill=None, where=None, capture_positions=Non
         L.check_finite(OP, "fill", fl)
     w = None
     if where is not None:
-        if s is None:
-            raise VerilensError(f"{OP}: `where` needs a scale")
-        w = L.as_tensor_arg(OP, "where", where, dev, torch.bool)
-        if w.dim() == 1 and B == 1:
-            w = w[None]
-        if tuple(w.shape) != (B, P):
-            raise VerilensError(f"{OP}: where must be [batch, pos] = [{B}, {P}], got {list(w.shape)}")
+        w = L.where_arg(OP, where, s, dev, B, P)
     capture = capture_positions is not None or capture_neurons is not None
     pos = None
     if capture_positions is not None and not (isinstance(capture_positions, str) and capture_positions == "all"):
