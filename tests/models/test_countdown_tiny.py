@@ -63,7 +63,7 @@ def test_eval_bar_on_unseen_problems(tiny):
 
 def test_generations_parse_with_markers_on_paren_tokens(tiny):
     ps = generate_problems(4, seed=9, split="test")
-    gens = generate(tiny.hf_model, tiny.tokenizer, [prompt(p) for p in ps], progress=False)
+    gens = generate(tiny, [prompt(p) for p in ps], progress=False)
     from verilens.countdown import char_to_token
 
     for p, g in zip(ps, gens):

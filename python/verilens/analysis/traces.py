@@ -58,12 +58,11 @@ def generate_traces(model, problems, template="base", max_new_tokens=400, batch_
     """Greedy generations (the model's own chains of thought) for `problems`. With no
     intervention active, HookedModel.generate hands the loop to Hugging Face's own
     generate: the fastest path."""
-    from tqdm.auto import tqdm
+    from ..models.evaluate import generate
 
     prompts = [make_prompt(p, template, shots) for p in problems]
-    gens = []
-    for i in tqdm(range(0, len(prompts), batch_size), desc="traces", disable=not progress):
-        gens += model.generate(prompts[i:i + batch_size], max_new_tokens=max_new_tokens).continuation
+    gens = generate(model, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress,
+                    desc="traces")
     return [Trace(p, pr, g) for p, pr, g in zip(problems, prompts, gens)]
 
 

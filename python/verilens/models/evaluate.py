@@ -25,20 +25,15 @@ from ..countdown.reward import extract_solution
 from ..countdown.synth import trace_and_slips
 
 
-@torch.no_grad()
-def generate(model, tokenizer, prompts, max_new_tokens=400, batch_size=50, progress=True, desc="generate"):
-    """Greedy continuations of `prompts` (batched, left padded); returns the new text."""
+def generate(model, prompts, max_new_tokens=400, batch_size=50, progress=True, desc="generate"):
+    """Greedy continuations of `prompts` by a HookedModel, `batch_size` at a time (each
+    batch one `model.generate` call: Hugging Face's own loop when no intervention is
+    active); returns the new text of each."""
     from tqdm.auto import tqdm
 
-    tokenizer.padding_side = "left"
     outs = []
-    device = next(model.parameters()).device
     for i in tqdm(range(0, len(prompts), batch_size), desc=desc, disable=not progress):
-        chunk = prompts[i : i + batch_size]
-        enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-        ids = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                             pad_token_id=tokenizer.pad_token_id)
-        outs += tokenizer.batch_decode(ids[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+        outs += model.generate(list(prompts[i:i + batch_size]), max_new_tokens=max_new_tokens).continuation
     return outs
 
 
@@ -124,8 +119,8 @@ def evaluate(loaded, n=500, seed=0, template="base", max_new_tokens=400, batch_s
              return_generations=False):
     """Generate on `n` test-split problems and score them (see module doc)."""
     problems = generate_problems(n, seed=seed, split="test")
-    gens = generate(loaded.hf_model, loaded.tokenizer, [prompt(p, template) for p in problems],
-                    max_new_tokens=max_new_tokens, batch_size=batch_size, progress=progress)
+    gens = generate(loaded, [prompt(p, template) for p in problems], max_new_tokens=max_new_tokens,
+                    batch_size=batch_size, progress=progress)
     metrics = {"model": loaded.name, "seed": seed, "template": template, **score_generations(problems, gens, template)}
     metrics["forced_verdicts"] = forced_verdicts(loaded.hf_model, loaded.tokenizer, problems, seed, template)
     if return_generations:
