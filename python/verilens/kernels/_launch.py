@@ -112,6 +112,18 @@ def where_arg(op: str, where, scale, dev: torch.device, B: int, P: int) -> torch
     return w
 
 
+def positions_arg(op: str, name: str, x, dev: torch.device, B: int, P: int) -> torch.Tensor:
+    """A [batch, k] tensor of positions in range (a [k] one for a batch of one is [1, k])."""
+    pos = index_arg(op, name, x, dev)
+    if pos.dim() == 1 and B == 1:
+        pos = pos[None]
+    if pos.dim() != 2 or pos.shape[0] != B:
+        raise VerilensError(f"{op}: {name} must be an integer [batch, k] tensor with batch = {B}, "
+                            f"got {list(pos.shape)}")
+    check_index_range(op, name, pos, P)
+    return pos
+
+
 def check_finite(op: str, name: str, t: torch.Tensor) -> None:
     if host_values(t) and t.is_floating_point() and not bool(torch.isfinite(t).all()):
         raise VerilensError(f"{op}: {name} contains NaN or inf")

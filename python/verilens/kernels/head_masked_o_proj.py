@@ -152,13 +152,7 @@ def canonical(z, weight, bias=None, n_heads=None, scale=None, fill=None, where=N
                                     f"got {result_positions!r}")
             pos = torch.arange(P, device=dev).expand(B, P)
         else:
-            pos = L.index_arg(OP, "result_positions", result_positions, dev)
-            if pos.dim() == 1 and B == 1:
-                pos = pos[None]
-            if pos.dim() != 2 or pos.shape[0] != B:
-                raise VerilensError(f"{OP}: result_positions must be an integer [batch, k] tensor with batch = {B}, "
-                                    f"got {list(pos.shape)}")
-            L.check_index_range(OP, "result_positions", pos, P)
+            pos = L.positions_arg(OP, "result_positions", result_positions, dev, B, P)
     return _Args(z, weight, bias, H, squeeze, s, fl, pos)
 
 

@@ -107,13 +107,7 @@ def canonical(gate, up, scale=None, fill=None, where=None, capture_positions=Non
         if isinstance(capture_positions, str):
             raise VerilensError(f"{OP}: capture_positions must be 'all' or a [batch, k] tensor, "
                                 f"got {capture_positions!r}")
-        pos = L.index_arg(OP, "capture_positions", capture_positions, dev)
-        if pos.dim() == 1 and B == 1:
-            pos = pos[None]
-        if pos.dim() != 2 or pos.shape[0] != B:
-            raise VerilensError(f"{OP}: capture_positions must be an integer [batch, k] tensor with batch = {B}, "
-                                f"got {list(pos.shape)}")
-        L.check_index_range(OP, "capture_positions", pos, P)
+        pos = L.positions_arg(OP, "capture_positions", capture_positions, dev, B, P)
     idx = None
     if capture_neurons is not None and not (isinstance(capture_neurons, str) and capture_neurons == "all"):
         if isinstance(capture_neurons, str):
