@@ -49,6 +49,15 @@ def test_unknown_hook_name_lists_closest(clean, texts):
     (lambda: verilens.steer(torch.randn(64), layers=[3]), "layer 3 out of range"),
     (lambda: verilens.patch("blocks.0.attn.hook_pattern", 0.0), "read-only"),
     (lambda: verilens.patch("blocks.0.hook_nope", 0.0), "unknown hook name"),
+    # indices are integers, never rounded or parsed
+    (lambda: verilens.ablate_heads([(1.5, 0)]), "layer must be an integer, got 1.5"),
+    (lambda: verilens.ablate_heads([("a", 0)]), "layer must be an integer, got 'a'"),
+    (lambda: verilens.ablate_heads([(True, 0)]), "must be an integer, got True"),
+    (lambda: verilens.ablate_heads([(0, 1, 2)]), r"a \(layer, index\) pair"),
+    (lambda: verilens.ablate_heads(["ab"]), r"a \(layer, index\) pair"),
+    (lambda: verilens.ablate_neurons({1: [2.0]}), "index must be an integer, got 2.0"),
+    (lambda: verilens.ablate_neurons({1: [0]}, positions=[1.5]), "positions must be an integer"),
+    (lambda: verilens.steer(torch.randn(64), layers=[0.5]), "layer must be an integer"),
 ])
 def test_bad_interventions_raise_before_compute(clean, make, match):
     calls = []

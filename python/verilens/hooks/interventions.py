@@ -7,9 +7,31 @@ positions. `when` gates it per sequence: `at_token(" (")` fires on passes whose 
 input token is " (" (PAPER.md section 6), i.e. the decoding step that predicts "this"/"not"."""
 from __future__ import annotations
 
+import operator
+
 import torch
 
 from ..errors import VerilensError
+
+
+def _index(x, what: str) -> int:
+    """An integer index (int, numpy or 0-d torch integer); a float, bool or string is an
+    error, never rounded: ablate_heads([(1.5, 0)]) must not ablate layer 1."""
+    if isinstance(x, bool) or (isinstance(x, torch.Tensor) and x.dtype == torch.bool):
+        raise VerilensError(f"{what} must be an integer, got {x!r}")
+    try:
+        return operator.index(x)
+    except TypeError:
+        raise VerilensError(f"{what} must be an integer, got {x!r}") from None
+
+
+def _pairs(items, what: str) -> list[tuple[int, int]]:
+    out = []
+    for item in items:
+        if isinstance(item, (str, bytes)) or not hasattr(item, "__len__") or len(item) != 2:
+            raise VerilensError(f"{what}: each entry must be a (layer, index) pair, got {item!r}")
+        out.append((_index(item[0], f"{what}: layer"), _index(item[1], f"{what}: index")))
+    return out
 
 
 def _check_positions(positions):
@@ -17,10 +39,9 @@ def _check_positions(positions):
         return positions
     if isinstance(positions, int):
         positions = [positions]
-    try:
-        positions = [int(p) for p in positions]
-    except TypeError as e:
-        raise VerilensError(f"positions must be 'all', 'last' or a list of ints, got {positions!r}") from e
+    if isinstance(positions, str) or not hasattr(positions, "__iter__"):
+        raise VerilensError(f"positions must be 'all', 'last' or a list of ints, got {positions!r}")
+    positions = [_index(p, "positions") for p in positions]
     if any(p < 0 for p in positions):
         raise VerilensError("explicit positions must be >= 0 (absolute positions in the sequence)")
     return positions
@@ -93,7 +114,7 @@ class ablate_heads(Intervention):
     reference, over the current pass's real (non-pad) positions."""
 
     def __init__(self, heads, mode: str = "zero", positions="all", reference=None):
-        self.heads = [(int(l), int(h)) for l, h in heads]
+        self.heads = _pairs(heads, "ablate_heads")
         if mode not in ("zero", "mean"):
             raise VerilensError(f"mode must be 'zero' or 'mean', got {mode!r}")
         self.mode, self.positions, self.reference = mode, _check_positions(positions), reference
@@ -177,12 +198,12 @@ class ablate_neurons(Intervention):
 
     def __init__(self, neurons, positions="last", value: float = 0.0):
         if isinstance(neurons, dict):
-            pairs = [(l, i) for l, idx in neurons.items() for i in idx]
+            pairs = _pairs([(l, i) for l, idx in neurons.items() for i in idx], "ablate_neurons")
         else:
-            pairs = list(neurons)
+            pairs = _pairs(neurons, "ablate_neurons")
         self.neurons = {}
         for l, i in pairs:
-            self.neurons.setdefault(int(l), []).append(int(i))
+            self.neurons.setdefault(l, []).append(i)
         self.positions, self.value = _check_positions(positions), float(value)
 
     def validate(self, model):
@@ -234,7 +255,7 @@ def _per_layer(vectors, layers, d_model, what):
 
 
 def _check_layers(layers, n_layers, what):
-    layers = [int(l) for l in ([layers] if isinstance(layers, int) else layers)]
+    layers = [_index(l, f"{what}: layer") for l in ([layers] if isinstance(layers, int) else layers)]
     for l in layers:
         if not 0 <= l < n_layers:
             raise VerilensError(f"{what}: layer {l} out of range (0..{n_layers - 1})")
