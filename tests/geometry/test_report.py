@@ -93,3 +93,27 @@ def test_bad_model_names(tiny_models, tmp_path):
         run_geometry([lm, str(tmp_path / "nope")], tmp_path / "x", progress=False)
     with pytest.raises(VerilensError, match="which"):
         run_geometry([lm, enc], tmp_path / "x", which="hidden", progress=False)
+
+
+def test_nonfinite_rows_are_an_error_or_skipped_and_counted(tiny_models, tmp_path, capsys):
+    """NaN rows are not 'zero rows': an error naming the model and rows by default; with
+    skip_nonfinite_rows they are left out, counted apart from zero rows, and printed."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    lm, enc = tiny_models
+    bad_dir = tmp_path / "nan-lm"
+    m = AutoModelForCausalLM.from_pretrained(lm)
+    with torch.no_grad():
+        m.get_input_embeddings().weight[[5, 9]] = float("nan")
+    m.save_pretrained(bad_dir)
+    AutoTokenizer.from_pretrained(lm).save_pretrained(bad_dir)
+    with pytest.raises(VerilensError, match=r"2 rows of its embed matrix hold NaN or inf \(rows 5, 9\)"):
+        run_geometry([str(bad_dir), enc], tmp_path / "x", progress=False)
+    rep = run_geometry([str(bad_dir), lm], tmp_path / "y", k=3, skip_nonfinite_rows=True)
+    (pair,) = rep["pairs"]
+    assert rep["models"][0]["nonfinite_rows"] == 2 and rep["models"][1]["nonfinite_rows"] == 0
+    assert pair["skipped_nonfinite_rows"] >= 1 and pair["skipped_zero_rows"] == 0
+    assert pair["method"] == "closed" and -1 <= pair["pearson_r"] <= 1
+    out = capsys.readouterr().out
+    assert "NaN or inf" in out and "NaN/inf rows" in out
+    assert "left out: zero / NaN-inf rows" in (tmp_path / "y" / "report.html").read_text()

@@ -19,9 +19,13 @@ def geometry(
     permutations: int = typer.Option(0, help="Mantel permutations (0 = skip the test)."),
     mantel_tokens: int = typer.Option(2000, help="Tokens sampled for the Mantel test."),
     seed: int = typer.Option(0, help="Sampling seed."),
+    skip_nonfinite_rows: bool = typer.Option(False, "--skip-nonfinite-rows",
+                                             help="Leave out tokens whose embedding holds NaN or inf (counted) "
+                                                  "instead of stopping with an error."),
 ):
     """Cross-model embedding geometry: report.json, heatmap.png and report.html in --out."""
     from .report import run_geometry
 
     run_geometry(models, out, which=which, metric=metric, max_tokens=max_tokens or None, k=k,
-                 permutations=permutations, mantel_tokens=mantel_tokens, seed=seed)
+                 permutations=permutations, mantel_tokens=mantel_tokens, seed=seed,
+                 skip_nonfinite_rows=skip_nonfinite_rows)

@@ -83,8 +83,10 @@ def _neighbour_examples(Ea, Eb, strings, k=5, n_examples=12, seed=0, metric="cos
 
 def run_geometry(models, out, which: str = "embed", metric: str = "cosine", max_tokens: int | None = 20000,
                  k: int = 10, permutations: int = 0, mantel_tokens: int = 2000, seed: int = 0,
-                 progress: bool = True) -> dict:
-    """Compare the (un)embedding geometry of two or more models; returns the report dict."""
+                 progress: bool = True, skip_nonfinite_rows: bool = False) -> dict:
+    """Compare the (un)embedding geometry of two or more models; returns the report dict.
+    A matrix with NaN / inf rows is an error naming them unless `skip_nonfinite_rows`
+    leaves those tokens out (counted on the console, in report.json and report.html)."""
     models = [str(m) for m in models]
     if len(models) < 2:
         raise VerilensError("name at least two models to compare")
@@ -99,10 +101,19 @@ def run_geometry(models, out, which: str = "embed", metric: str = "cosine", max_
         if progress:
             print(f"[verilens geometry] {msg}", flush=True)
 
-    srcs = []
+    srcs, nonfinite = [], []
     for m in models:
         say(f"loading {m} ({which})")
-        srcs.append(load_embeddings(m, which))
+        src = load_embeddings(m, which)
+        bad = np.flatnonzero(~np.isfinite(src.matrix.numpy()).all(1))
+        if len(bad) and not skip_nonfinite_rows:
+            shown = ", ".join(str(int(r)) for r in bad[:10]) + (f", ... ({len(bad)} in all)" if len(bad) > 10 else "")
+            raise VerilensError(f"{m}: {len(bad)} rows of its {which} matrix hold NaN or inf (rows {shown}); repair "
+                                "the checkpoint, or pass --skip-nonfinite-rows to leave those tokens out (counted)")
+        if len(bad):
+            say(f"  WARNING: {len(bad)} rows of {m}'s {which} matrix hold NaN or inf: those tokens are left out")
+        srcs.append(src)
+        nonfinite.append(bad)
     names = []
     for s in srcs:  # short, unique labels
         nm = Path(s.name).name or s.name
@@ -112,7 +123,7 @@ def run_geometry(models, out, which: str = "embed", metric: str = "cosine", max_
         names.append(nm)
 
     model_info = []
-    for s, nm in zip(srcs, names):
+    for s, nm, bad_rows in zip(srcs, names, nonfinite):
         V = s.matrix.shape[0]
         usable = np.flatnonzero(np.isfinite(s.matrix.numpy()).all(1) & (s.matrix.norm(dim=1).numpy() > 0))
         sample = np.random.default_rng(seed).choice(usable, size=min(len(usable), max_tokens or V, 10000),
@@ -120,6 +131,7 @@ def run_geometry(models, out, which: str = "embed", metric: str = "cosine", max_
         idim = intrinsic_dimension(s.matrix[np.sort(sample)], k=min(max(3, 2 * k), len(sample) - 1),
                                    metric=metric)
         model_info.append({"name": nm, "source": s.source, "vocab_rows": V, "dim": int(s.matrix.shape[1]),
+                           "nonfinite_rows": int(len(bad_rows)),
                            "intrinsic_dimension": {"estimator": "Levina-Bickel MLE (MacKay-Ghahramani pooled)",
                                                    "k": idim.k, "global": idim.global_mle,
                                                    "median_per_token": float(np.nanmedian(idim.per_token)),
@@ -133,10 +145,22 @@ def run_geometry(models, out, which: str = "embed", metric: str = "cosine", max_
         t0 = time.time()
         sv = shared_vocab(a.tokenizer, b.tokenizer, max_tokens=max_tokens, seed=seed)
         keep = (sv.idx_a < a.matrix.shape[0]) & (sv.idx_b < b.matrix.shape[0])
+        n_range = int((~keep).sum())
+        fin_a = np.ones(a.matrix.shape[0], bool)
+        fin_a[nonfinite[i]] = False
+        fin_b = np.ones(b.matrix.shape[0], bool)
+        fin_b[nonfinite[j]] = False
+        fin = fin_a[sv.idx_a[keep]] & fin_b[sv.idx_b[keep]]
+        n_nonfinite = int((~fin).sum())
+        keep[keep] = fin
         ok_a = a.matrix.norm(dim=1).numpy() > 0
         ok_b = b.matrix.norm(dim=1).numpy() > 0
-        keep[keep] &= ok_a[sv.idx_a[keep]] & ok_b[sv.idx_b[keep]]  # zero rows (e.g. padding): no direction
-        n_zero = int((~keep).sum())
+        nz = ok_a[sv.idx_a[keep]] & ok_b[sv.idx_b[keep]]  # zero rows (e.g. padding): no direction
+        n_zero = int((~nz).sum())
+        keep[keep] = nz
+        if n_zero or n_nonfinite or n_range:
+            say(f"  {names[i]} vs {names[j]}: left out {n_zero} zero rows, {n_nonfinite} NaN/inf rows, "
+                f"{n_range} tokens past a matrix's rows")
         ia, ib = sv.idx_a[keep], sv.idx_b[keep]
         strings = [s for s, kp in zip(sv.strings, keep) if kp]
         Ea, Eb = a.matrix[ia], b.matrix[ib]
@@ -147,7 +171,8 @@ def run_geometry(models, out, which: str = "embed", metric: str = "cosine", max_
         R[i, j] = R[j, i] = info.r
         entry = {"a": names[i], "b": names[j], "shared_vocab": sv.stats, "tokens": len(strings),
                  "pairs": info.n_pairs, "pearson_r": info.r, "spearman_rho_sampled": rho,
-                 "skipped_zero_rows": n_zero + len(info.skipped_rows), "method": info.method,
+                 "skipped_zero_rows": n_zero + len(info.skipped_rows), "skipped_nonfinite_rows": n_nonfinite,
+                 "skipped_out_of_range": n_range, "method": info.method,
                  "backend": info.backend}
         if permutations > 0:
             mt = min(len(strings), mantel_tokens)
@@ -198,7 +223,8 @@ def _html(report: dict, png: bytes) -> str:
             f"<td>{p['spearman_rho_sampled']:.4f}</td>"
             f"<td>{mtxt}</td>"
             f"<td>{loc['knn_jaccard_mean']:.3f} (chance {loc['knn_jaccard_random_baseline']:.4f})</td>"
-            f"<td>{loc['weight_cosine_mean']:.3f}</td><td>{p['emb2emb_r2']['a_to_b']:.3f}</td></tr>")
+            f"<td>{loc['weight_cosine_mean']:.3f}</td><td>{p['emb2emb_r2']['a_to_b']:.3f}</td>"
+            f"<td>{p['skipped_zero_rows']} / {p['skipped_nonfinite_rows']}</td></tr>")
     mrows = "".join(
         f"<tr><td>{e(m['name'])}</td><td>{m['vocab_rows']}</td><td>{m['dim']}</td>"
         f"<td>{m['intrinsic_dimension']['global']:.2f}</td><td>{m['intrinsic_dimension']['median_per_token']:.2f}</td></tr>"
@@ -216,11 +242,12 @@ def _html(report: dict, png: bytes) -> str:
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left;font-size:14px}}th{{background:#f3f3f3}}code{{background:#f6f6f6}}</style>
 </head><body><h1>Embedding geometry across models</h1>
 <p>Matrix: <b>{e(report['which'])}</b>; distance: <b>{e(report['metric'])}</b>; tokens per pair: shared vocabulary
-(sampled to at most {report['max_tokens']}). Pearson r is over all token pairs of the shared set (streamed);
+(sampled to at most {report['max_tokens']}). Pearson r is over all token pairs of the shared set (exact: closed form, or every pair streamed);
 Spearman's rho on a sample of pairs.</p>
 <img alt="correlation heatmap" src="data:image/png;base64,{img}">
 <h2>Pairs</h2><table><tr><th>A</th><th>B</th><th>tokens</th><th>Pearson r</th><th>Spearman rho</th><th>Mantel p</th>
-<th>kNN Jaccard@{report['k']}</th><th>LLE weight cosine</th><th>Emb2Emb R² (held out)</th></tr>{''.join(rows)}</table>
+<th>kNN Jaccard@{report['k']}</th><th>LLE weight cosine</th><th>Emb2Emb R² (held out)</th>
+<th>left out: zero / NaN-inf rows</th></tr>{''.join(rows)}</table>
 <h2>Models</h2><table><tr><th>model</th><th>rows</th><th>dim</th><th>intrinsic dim. (pooled)</th><th>median per token</th></tr>{mrows}</table>
 <h2>Nearest neighbours</h2>{''.join(ex)}
 </body></html>"""
