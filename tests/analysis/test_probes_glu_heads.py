@@ -49,6 +49,14 @@ def test_probe_bad_inputs(tmp_path, qwen):
         load_probe(tmp_path / "junk.pt")
     with pytest.raises(VerilensError, match="not found"):
         load_probe(tmp_path / "missing.pt")
+    nan = torch.zeros(3, 16, 2)
+    nan[1, 4, 0] = float("nan")
+    torch.save(nan, tmp_path / "nan.pt")
+    with pytest.raises(VerilensError, match=r"layers \[1\] hold NaN or inf"):
+        load_probe(tmp_path / "nan.pt")
+    torch.save(torch.zeros(3, 16, 2, dtype=torch.long), tmp_path / "int.pt")
+    with pytest.raises(VerilensError, match="floating-point"):
+        load_probe(tmp_path / "int.pt")
 
 
 def test_glu_selection(qwen):

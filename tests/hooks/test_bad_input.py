@@ -112,3 +112,16 @@ def test_bad_input_types(clean):
         clean([])
     with pytest.raises(VerilensError):
         clean.logit_lens(torch.randn(3, 10))
+
+
+def test_empty_and_overlong_prompts(clean, texts):
+    """An empty prompt is a VerilensError before transformers sees it; a sequence past the
+    model's positions runs, with a warning that says so."""
+    for bad in ("", [texts[0], ""], torch.zeros(1, 0, dtype=torch.long)):
+        with pytest.raises(VerilensError, match="empty prompt|no tokens"):
+            clean(bad)
+    with pytest.raises(VerilensError, match="no tokens"):
+        clean.generate(["", texts[0]], max_new_tokens=2)
+    limit = clean.hf_model.config.max_position_embeddings
+    with pytest.warns(UserWarning, match=f"max_position_embeddings = {limit}"):
+        clean.generate(texts[0], max_new_tokens=limit)  # prompt + new > limit: warned before it runs

@@ -128,6 +128,12 @@ def load_probe(path, model=None) -> torch.Tensor:
     if not isinstance(W, torch.Tensor) or W.dim() != 3 or W.shape[-1] != 2:
         shape = tuple(W.shape) if isinstance(W, torch.Tensor) else type(W).__name__
         raise VerilensError(f"{path}: a probe is a tensor [n_layers, d_model, 2], got {shape}")
+    if not W.is_floating_point():
+        raise VerilensError(f"{path}: a probe holds floating-point weights, got {W.dtype}")
+    finite = torch.isfinite(W).flatten(1).all(1)
+    if not bool(finite.all()):
+        bad = torch.nonzero(~finite).flatten().tolist()
+        raise VerilensError(f"{path}: the probe weights of layers {bad} hold NaN or inf; retrain or repair the file")
     if model is not None and tuple(W.shape[:2]) != (model.cfg.n_layers, model.cfg.d_model):
         raise VerilensError(
             f"{path}: probe shape {tuple(W.shape)} does not fit the model "

@@ -163,6 +163,7 @@ def generate(model, input, max_new_tokens=64, do_sample=False, temperature=1.0, 
         ids, mask = model.tokenize(input, attention_mask)
         names = resolve_names(cache_names, model.cfg.n_layers) if cache_names is not None else []
     b, p0 = ids.shape
+    model.check_length(p0 + max_new_tokens, "the prompt plus max_new_tokens")
     stops = [stop] if isinstance(stop, str) else list(stop or [])
     eos = model.tokenizer.eos_token_id
     pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else eos

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -213,17 +214,34 @@ class HookedModel:
             if tuple(attention_mask.shape) != tuple(ids.shape):
                 raise VerilensError(f"attention_mask of shape {tuple(attention_mask.shape)} for token ids of shape "
                                     f"{tuple(ids.shape)}")
-            return ids.to(self.device), attention_mask.to(self.device)
+            return self._checked(ids.to(self.device), attention_mask.to(self.device))
         if isinstance(input, torch.Tensor):
             ids = input if input.dim() == 2 else input[None]
-            return ids.to(self.device), torch.ones_like(ids, device=self.device)
+            return self._checked(ids.to(self.device), torch.ones_like(ids, device=self.device))
         if isinstance(input, str):
             input = [input]
         if not isinstance(input, (list, tuple)) or not input or not all(isinstance(s, str) for s in input):
             raise VerilensError("input must be a string, a list of strings or a tensor of token ids")
         self.tokenizer.padding_side = "left"
         enc = self.tokenizer(list(input), return_tensors="pt", padding=True)
-        return enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
+        return self._checked(enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device))
+
+    def check_length(self, n_positions: int, what: str = "the input"):
+        """Warn when a sequence runs past the positions the model was built for."""
+        limit = getattr(self.hf_model.config, "max_position_embeddings", None)
+        if limit is not None and n_positions > limit:
+            warnings.warn(f"{what} has {n_positions} positions, more than the model's max_position_embeddings = "
+                          f"{limit}: outputs past that are extrapolation", stacklevel=3)
+
+    def _checked(self, ids, mask):
+        if ids.dim() != 2 or ids.shape[1] == 0:
+            raise VerilensError(f"an empty prompt: token ids of shape {tuple(ids.shape)}; give at least one token")
+        empty = (mask.sum(1) == 0).nonzero().flatten().tolist()
+        if empty:
+            raise VerilensError(f"prompt(s) {empty} have no tokens (an empty string?); give at least one token each")
+        self.check_length(ids.shape[1])
+        return ids, mask
+
 
     def to_tokens(self, input) -> torch.Tensor:
         return self.tokenize(input)[0]
