@@ -263,34 +263,33 @@ def _sums_for(prep, metric, perms, backend, tile=None, seed=0, progress=None):
 
 # ----------------------------------------------------------------------------------
 # Public API
-def _resolve_method(method: str, metric: str, rank: bool, backend: str = "auto") -> str:
-    how = _method_for(method, metric, rank)
-    if backend != "auto" and how != "stream":
-        if backend not in BACKENDS:
-            raise VerilensError(f"unknown backend {backend!r}; use one of {BACKENDS}")
-        raise VerilensError(f"backend={backend!r} picks the kernels of the streamed pair loop; this call runs the "
-                            f"{'closed form' if how == 'closed' else 'sampled Spearman path'} (metric {metric!r}): "
-                            "pass method='stream' to stream every pair")
-    return how
-
-
-def _method_for(method: str, metric: str, rank: bool) -> str:
+def _resolve_method(method: str, metric: str, rank: bool, backend: str) -> str:
+    """"closed", "stream" or "sample" (Spearman) for this call, or a VerilensError saying why
+    the combination asked for cannot run."""
     if method not in METHODS:
         raise VerilensError(f"unknown method {method!r}; use one of {METHODS}")
+    if backend not in BACKENDS:
+        raise VerilensError(f"unknown backend {backend!r}; use one of {BACKENDS}")
     if rank:
         if method != "auto":
             raise VerilensError("rank=True (Spearman) ranks the distances of sampled pairs: ranks have no closed "
                                 f"form and are not streamed; leave method='auto' (got {method!r})")
-        return "sample"
-    if method == "auto":
-        return "closed" if metric in CLOSED_METRICS else "stream"
-    if method == "stream" and metric not in STREAM_METRICS:
+        how = "sample"
+    elif method == "auto":
+        how = "closed" if metric in CLOSED_METRICS else "stream"
+    elif method == "stream" and metric not in STREAM_METRICS:
         raise VerilensError(f"method='stream' computes {' and '.join(STREAM_METRICS)} distances; metric {metric!r} "
                             "uses the closed form (method='auto' or 'closed')")
-    if method == "closed" and metric not in CLOSED_METRICS:
+    elif method == "closed" and metric not in CLOSED_METRICS:
         raise VerilensError(f"the closed form covers {', '.join(CLOSED_METRICS)}; metric {metric!r} needs "
                             "method='stream' (or 'auto')")
-    return method
+    else:
+        how = method
+    if backend != "auto" and how != "stream":
+        raise VerilensError(f"backend={backend!r} picks the kernels of the streamed pair loop; this call runs the "
+                            f"{'closed form' if how == 'closed' else 'sampled Spearman path'} (metric {metric!r}): "
+                            "pass method='stream' to stream every pair")
+    return how
 
 
 def distance_correlation(E_a, E_b, metric: str = "cosine", *, rank: bool = False,
