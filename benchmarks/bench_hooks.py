@@ -104,7 +104,7 @@ def verilens_forward(m, ids):
     names = [f"blocks.{l}.hook_resid_post" for l in range(m.cfg.n_layers)]
     pos = torch.tensor([POSITIONS] * ids.shape[0])
     with m.intervene(verilens.ablate_heads(HEADS)):
-        logits, cache = m.run_with_cache(ids, names=names, positions=pos)
+        logits, cache = m.run_with_cache(ids, names_filter=names, positions=pos)
     return logits, torch.stack([cache[n] for n in names])
 
 

@@ -56,7 +56,7 @@ def per_condition(model, contexts, conditions):
                 conts = model.generate(contexts, max_new_tokens=TOKENS, stop=["\n\n"]).continuation
             labels = [outcomes.classify(c) for c in conts]
             with model.intervene(*ivs):
-                _, cache = model.run_with_cache([c + " (" for c in contexts], names=names, positions="last")
+                _, cache = model.run_with_cache([c + " (" for c in contexts], names_filter=names, positions="last")
             act = torch.stack([cache[f"blocks.{l}.mlp.hook_post"][:, 0, i] for l, i in NEURONS]).mean()
             out[name] = (outcomes.outcome_table(labels)["counts"], float(act))
         return out

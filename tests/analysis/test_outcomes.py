@@ -104,7 +104,7 @@ def test_neuron_activation_at_the_verdict_step(tiny):
     runs = run_conditions(tiny, ctx, conditions, max_new_tokens=6, batch_size=2, neurons=neurons)
     by_hand = []
     for c in ctx:
-        _, cache = tiny.run_with_cache(c + " (", names=["blocks.1.mlp.hook_post", "blocks.4.mlp.hook_post"])
+        _, cache = tiny.run_with_cache(c + " (", names_filter=["blocks.1.mlp.hook_post", "blocks.4.mlp.hook_post"])
         by_hand += [cache["blocks.1.mlp.hook_post"][0, -1, [5, 40]], cache["blocks.4.mlp.hook_post"][0, -1, [7]]]
     base = runs["none"][0]["neuron_activation"]
     assert abs(base - float(torch.cat(by_hand).mean())) < 1e-5

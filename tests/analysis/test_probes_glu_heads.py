@@ -88,7 +88,7 @@ def test_target_density(qwen):
     dens = target_attention_density(qwen, [context, context[:-3]], [49, 49])
     assert dens.shape == (qwen.cfg.n_layers, qwen.cfg.n_heads)
     assert ((dens >= 0) & (dens <= 1)).all()
-    _, cache = qwen.run_with_cache(context, names=["blocks.1.attn.hook_pattern"], positions="last")
+    _, cache = qwen.run_with_cache(context, names_filter=["blocks.1.attn.hook_pattern"], positions="last")
     one = target_attention_density(qwen, [context], [49])
     torch.testing.assert_close(one[1], cache["pattern", 1][0, :, 0, keys].sum(-1))
     heads = select_heads(dens, threshold=0.0, top_k=3)

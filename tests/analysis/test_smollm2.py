@@ -55,7 +55,7 @@ def test_glu_selection_and_channel_scores(smol):
 def test_logit_lens_of_the_last_residual_is_the_prediction(smol):
     # the lens (final norm + W_U) of the last layer's residual is the model's own output
     text = "The capital of France is"
-    logits, cache = smol.run_with_cache(text, names=[f"blocks.{smol.cfg.n_layers - 1}.hook_resid_post"])
+    logits, cache = smol.run_with_cache(text, names_filter=[f"blocks.{smol.cfg.n_layers - 1}.hook_resid_post"])
     top = top_tokens(smol, cache["resid_post", smol.cfg.n_layers - 1][0, -1], k=5)
     assert [t["id"] for t in top["tokens"]] == torch.topk(logits[0, -1], 5).indices.tolist()
     assert "Paris" in "".join(t["token"] for t in top["tokens"])
@@ -80,12 +80,12 @@ def test_interventions(smol):
     # project_out leaves no component along the direction; steer adds exactly alpha * v
     v = torch.randn(smol.cfg.d_model, generator=torch.Generator().manual_seed(1))
     name = "blocks.14.hook_resid_post"
-    _, plain = smol.run_with_cache(texts, names=[name])
+    _, plain = smol.run_with_cache(texts, names_filter=[name])
     with smol.intervene(verilens.project_out(v, [14])):
-        _, c = smol.run_with_cache(texts, names=[name])
+        _, c = smol.run_with_cache(texts, names_filter=[name])
     assert ((c[name] @ v) / v.norm()).abs().max() < 1e-3 * c[name].norm(dim=-1).max()
     with smol.intervene(verilens.steer(v, [14], alpha=2.0, positions="last")):
-        _, c = smol.run_with_cache(texts, names=[name])
+        _, c = smol.run_with_cache(texts, names_filter=[name])
     diff = c[name] - plain[name]
     torch.testing.assert_close(diff[:, -1], (2.0 * v).expand(2, -1), rtol=1e-4, atol=1e-4)
     assert diff[:, :-1].abs().max() == 0

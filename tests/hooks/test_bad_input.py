@@ -17,16 +17,16 @@ def clean(qwen):
     before = _installed(qwen)
     yield qwen
     assert _installed(qwen) == before
-    assert not qwen._context_hooks and not qwen._active
+    assert not qwen._user_hooks() and not qwen._active
 
 
 def test_unknown_hook_name_lists_closest(clean, texts):
     with pytest.raises(VerilensError, match="blocks.1.hook_resid_post"):
-        clean.run_with_cache(texts, names=["blocks.1.hook_resid_pots"])
+        clean.run_with_cache(texts, names_filter=["blocks.1.hook_resid_pots"])
     with pytest.raises(VerilensError, match="unknown hook name"):
-        clean.run_with_hooks(texts, fwd_hooks=[("nonsense", lambda x, h: None)])
+        clean.run_with_hooks(texts, fwd_hooks=[("nonsense", lambda x, hook: None)])
     with pytest.raises(VerilensError, match="out of range"):
-        clean.run_with_cache(texts, names=["blocks.9.hook_resid_post"])
+        clean.run_with_cache(texts, names_filter=["blocks.9.hook_resid_post"])
     # short aliases, as in TransformerLens: a misspelt one fails where it is written
     assert verilens.get_act_name("resid_post", 3) == "blocks.3.hook_resid_post"
     assert verilens.get_act_name("attn.hook_z", 1) == "blocks.1.attn.hook_z"
@@ -74,12 +74,12 @@ def test_bad_interventions_raise_before_compute(clean, make, match):
 def test_positions_past_the_sequence(clean, texts):
     n = clean.to_tokens(texts).shape[1]
     with pytest.raises(VerilensError, match="past the sequence"):
-        clean.run_with_cache(texts, names=["blocks.0.hook_resid_post"], positions=[[n]] * len(texts))
+        clean.run_with_cache(texts, names_filter=["blocks.0.hook_resid_post"], positions=[[n]] * len(texts))
     with pytest.raises(VerilensError, match="past the end"):
         with clean.intervene(verilens.steer(torch.randn(64), layers=[0], positions=[n + 5])):
             clean(texts)
     with pytest.raises(VerilensError, match="same number of positions"):
-        clean.run_with_cache(texts, names=["blocks.0.hook_resid_post"], positions=[[1]])
+        clean.run_with_cache(texts, names_filter=["blocks.0.hook_resid_post"], positions=[[1]])
 
 
 def test_trigger_must_be_one_token(clean):
@@ -100,9 +100,9 @@ def test_intervention_on_missing_component(qwen):
 
 def test_hook_returning_wrong_shape(clean, texts):
     with pytest.raises(VerilensError, match="returned shape"):
-        clean.run_with_hooks(texts, fwd_hooks=[("blocks.0.hook_resid_post", lambda x, h: x[:, :1])])
+        clean.run_with_hooks(texts, fwd_hooks=[("blocks.0.hook_resid_post", lambda x, hook: x[:, :1])])
     with pytest.raises(VerilensError, match="reading only"):
-        clean.run_with_hooks(texts, fwd_hooks=[("blocks.0.attn.hook_result", lambda x, h: x * 0)])
+        clean.run_with_hooks(texts, fwd_hooks=[("blocks.0.attn.hook_result", lambda x, hook: x * 0)])
 
 
 def test_bad_input_types(clean):

@@ -15,7 +15,7 @@ def hf_forward(m, texts, **kw):
 
 def test_logits_and_residuals_equal_hf(model, texts):
     ids, mask, ref = hf_forward(model, texts, output_hidden_states=True)
-    logits, cache = model.run_with_cache(texts, names=lambda n: "resid" in n or n == "hook_embed")
+    logits, cache = model.run_with_cache(texts, names_filter=lambda n: "resid" in n or n == "hook_embed")
     assert (logits - ref.logits).abs().max() <= 1e-5
     torch.testing.assert_close(cache["embed"], ref.hidden_states[0], rtol=0, atol=1e-5)
     for l in range(model.cfg.n_layers):
@@ -61,7 +61,7 @@ def test_every_hook_point_equals_hf_eager(model, texts):
             mod = layer.get_submodule(path) if path else layer
             handles.append(mod.register_forward_hook(grab(f"blocks.{l}.{point}", where), with_kwargs=True))
     handles.append(hf.model.embed_tokens.register_forward_hook(grab("hook_embed", "out"), with_kwargs=True))
-    handles.append(hf.model.norm.register_forward_hook(grab("ln_final.hook_normalized", "out"), with_kwargs=True))
+    handles.append(hf.model.norm.register_forward_hook(grab("ln_final", "out"), with_kwargs=True))
     old, cfg._attn_implementation = cfg._attn_implementation, "eager"
     try:
         _, _, ref = hf_forward(model, texts)
@@ -75,6 +75,9 @@ def test_every_hook_point_equals_hf_eager(model, texts):
             h.remove()
         cfg._attn_implementation = old
     assert (logits - ref.logits).abs().max() <= 1e-5
+    # hook_normalized is before the norm's weight (TransformerLens' meaning)
+    final = seen.pop("ln_final")
+    assert (cache["ln_final.hook_normalized"] * model.final_norm_gain - final).abs().max() <= 1e-5
     for name, want in seen.items():
         got = cache[name]
         assert (got.reshape(want.shape) - want).abs().max() <= 1e-5, name
@@ -111,7 +114,7 @@ def test_cache_positions_and_shapes(model, texts):
             torch.testing.assert_close(cache[name][r], full[name][r, pos[r]])
     torch.testing.assert_close(cache["pattern", 2][0], full["pattern", 2][0][:, pos[0]])
     torch.testing.assert_close(cache["result", 2][1], full["result", 2][1, pos[1]])
-    _, last = model.run_with_cache(texts, names=["blocks.0.hook_resid_post"], positions="last", dtype=torch.float64)
+    _, last = model.run_with_cache(texts, names_filter=["blocks.0.hook_resid_post"], positions="last", dtype=torch.float64)
     assert last["resid_post", 0].dtype == torch.float64 and last["resid_post", 0].shape == (b, 1, c.d_model)
 
 
@@ -126,7 +129,7 @@ def test_pattern_equals_eager_attention(model, texts):
     finally:
         cfg._attn_implementation = old
     pos = torch.tensor([[ids.shape[1] - 1, 40]] * len(texts))
-    _, cache = model.run_with_cache(texts, names=lambda n: n.endswith("hook_pattern"), positions=pos)
+    _, cache = model.run_with_cache(texts, names_filter=lambda n: n.endswith("hook_pattern"), positions=pos)
     for l in range(model.cfg.n_layers):
         want = ref.attentions[l][:, :, pos[0]]
         # compare real keys of real query positions (a pad query's row means nothing)
@@ -144,7 +147,7 @@ def test_results_sum_to_attn_out(model, texts):
     handles = [model.module(l, "o").register_forward_hook(lambda mod, a, out, l=l: o_out.__setitem__(l, out))
                for l in range(model.cfg.n_layers)]
     try:
-        _, cache = model.run_with_cache(texts, names=lambda n: "result" in n or "attn_out" in n)
+        _, cache = model.run_with_cache(texts, names_filter=lambda n: "result" in n or "attn_out" in n)
     finally:
         for h in handles:
             h.remove()
@@ -222,18 +225,18 @@ def test_ablating_neurons_equals_hand_edit(model, texts):
 def test_project_out_steer_patch(model, texts):
     d = torch.randn(2, model.cfg.d_model)
     with model.intervene(verilens.project_out(d, layers=[1])):
-        _, cache = model.run_with_cache(texts, names=["blocks.1.hook_resid_post"])
+        _, cache = model.run_with_cache(texts, names_filter=["blocks.1.hook_resid_post"])
     proj = cache["resid_post", 1] @ torch.linalg.qr(d.T).Q
     assert proj.abs().max() < 1e-4
     v = torch.randn(model.cfg.d_model)
-    _, base = model.run_with_cache(texts, names=["blocks.0.hook_resid_post"])
+    _, base = model.run_with_cache(texts, names_filter=["blocks.0.hook_resid_post"])
     with model.intervene(verilens.steer(v, layers=0, alpha=3.0, positions="last")):
-        _, cache = model.run_with_cache(texts, names=["blocks.0.hook_resid_post"])
+        _, cache = model.run_with_cache(texts, names_filter=["blocks.0.hook_resid_post"])
     diff = cache["resid_post", 0] - base["resid_post", 0]
     torch.testing.assert_close(diff[:, -1], (3.0 * v).expand(len(texts), -1))
     assert diff[:, :-1].abs().max() == 0
     with model.intervene(verilens.patch("blocks.1.hook_resid_mid", 0.0)):
-        _, cache = model.run_with_cache(texts, names=["blocks.1.hook_resid_mid", "blocks.1.hook_resid_post",
+        _, cache = model.run_with_cache(texts, names_filter=["blocks.1.hook_resid_mid", "blocks.1.hook_resid_post",
                                                       "blocks.1.hook_mlp_out"])
     assert cache["resid_mid", 1].abs().max() == 0
     assert (cache["resid_post", 1] - cache["mlp_out", 1]).abs().max() < 1e-5
@@ -256,7 +259,7 @@ def test_hooks_removed_even_when_body_raises(model, texts):
         with model.intervene(verilens.ablate_heads([(0, 0)])):
             raise ValueError
     assert installed() == before
-    assert not model._context_hooks and not model._active
+    assert not model._user_hooks() and not model._active
 
 
 def test_hooks_context_manager(model, texts):

@@ -151,9 +151,9 @@ def test_trigger_in_a_left_padded_batch_equals_full_recompute_per_row(qwen, text
             prefix = ref[:, : single.shape[1] + i]
             if prefix[0, -1] == tid:
                 with qwen.intervene(*make()):
-                    _, full = qwen.run_with_cache(prefix, names=names, positions="last")
+                    _, full = qwen.run_with_cache(prefix, names_filter=names, positions="last")
             else:
-                _, full = qwen.run_with_cache(prefix, names=names, positions="last")
+                _, full = qwen.run_with_cache(prefix, names_filter=names, positions="last")
             for n in names:
                 torch.testing.assert_close(cache[n][r, i], full[n][0, 0], atol=1e-5, rtol=1e-5)
     assert fired >= 2  # the trigger fired, so both caches were used
@@ -241,7 +241,7 @@ def test_cache_during_generation(model, texts):
                       cache_names=["blocks.1.hook_resid_post", "blocks.0.attn.hook_pattern"])
     out, cache = g.tokens, g.cache
     assert cache["resid_post", 1].shape == (1, 6, model.cfg.d_model)
-    _, full = model.run_with_cache(out[:, :-1], names=["blocks.1.hook_resid_post", "blocks.0.attn.hook_pattern"])
+    _, full = model.run_with_cache(out[:, :-1], names_filter=["blocks.1.hook_resid_post", "blocks.0.attn.hook_pattern"])
     p = ids.shape[1]
     torch.testing.assert_close(cache["resid_post", 1][0], full["resid_post", 1][0, p - 1:], atol=1e-5, rtol=1e-5)
     pat = cache["pattern", 0]  # [b, new, head, keys so far], right-padded with zeros

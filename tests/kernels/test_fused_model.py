@@ -80,7 +80,7 @@ def test_fused_trigger_and_hook_result(model, texts, spy):
 
     def run():
         with model.intervene(verilens.ablate_heads([(2, 1)], positions="last"), when=at_token(" (")):
-            return model.run_with_cache(rows, names=names, positions="last")
+            return model.run_with_cache(rows, names_filter=names, positions="last")
 
     (ref_logits, ref), (got_logits, got) = both(model, run)
     assert spy["o_proj"] > 0

@@ -12,7 +12,7 @@ def _parity(model, texts):
     ref = model.hf_model(input_ids=ids, attention_mask=mask, position_ids=model._position_ids(mask),
                          output_hidden_states=True)
     fired = set()
-    logits, cache = model.run_with_cache(texts, names=lambda n: "resid" in n)
+    logits, cache = model.run_with_cache(texts, names_filter=lambda n: "resid" in n)
     model.run_with_hooks(texts, fwd_hooks=[(lambda n: True, lambda x, h: fired.add(h.name))])
     assert len(fired) == len(verilens.hooks.names.all_names(model.cfg.n_layers))
     assert (logits - ref.logits).abs().max() <= 1e-5

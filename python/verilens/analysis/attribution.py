@@ -60,7 +60,7 @@ def verdict_attribution(model, contexts, top_neurons: int = 10) -> dict:
     neurons = torch.zeros(L, model.cfg.d_mlp)
     diffs, worst = [], 0.0
     for text in contexts:
-        logits, cache = model.run_with_cache(text + " (", names=lambda n: n.endswith(names), positions="last")
+        logits, cache = model.run_with_cache(text + " (", names_filter=lambda n: n.endswith(names), positions="last")
         last = lambda key: cache[key].float().reshape(-1, cache[key].shape[-1])[-1]  # noqa: E731
         # embedding, attention outputs, MLP outputs: together the final residual
         parts = torch.stack([last("hook_embed")] + [last(f"blocks.{l}.hook_attn_out") for l in range(L)]

@@ -45,7 +45,7 @@ def target_attention_density(model, contexts, targets, batch_size: int = 16) -> 
     for s in range(0, len(contexts), batch_size):
         texts, tg = contexts[s:s + batch_size], targets[s:s + batch_size]
         ids, mask = model.tokenize(list(texts))
-        _, cache = model.run_with_cache(list(texts), names=names, positions="last")
+        _, cache = model.run_with_cache(list(texts), names_filter=names, positions="last")
         pad = (mask == 0).sum(1)  # left padding shifts each row's token indices
         for r, (t, target) in enumerate(zip(texts, tg)):
             keys = [int(pad[r]) + k for k in target_key_positions(model, t, target)]

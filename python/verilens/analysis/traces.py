@@ -119,7 +119,7 @@ def site_activations(model, traces, sites, batch_size=16, progress=True) -> torc
         for r, i in enumerate(chunk):
             p = [int(pad[r]) + sites[j].token for j in by_trace[i]]
             pos[r] = torch.tensor(p + [p[-1]] * (k - len(p)))  # repeat to a common length
-        _, cache = model.run_with_cache(texts, names=names, positions=pos, device="cpu", dtype=torch.float32)
+        _, cache = model.run_with_cache(texts, names_filter=names, positions=pos, device="cpu", dtype=torch.float32)
         acts = torch.stack([cache[n] for n in names], 2)  # [b, k, L, d]
         for r, i in enumerate(chunk):
             for c, j in enumerate(by_trace[i]):

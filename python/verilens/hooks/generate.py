@@ -84,7 +84,7 @@ def _step_cache_hooks(names, store, device, dtype, rows=None):
     """Hooks that keep each name's activation at the last position of a pass in
     `store[name] = (rows, tensor)` (rows: the batch rows it holds, None = all)."""
     def make(name):
-        def fn(x, ctx):
+        def fn(x, hook):
             v = x[:, :, -1] if name.endswith("hook_pattern") else x[:, -1]
             store[name] = (rows, v.detach().to(device=device or v.device, dtype=dtype or v.dtype))
         return fn
@@ -104,7 +104,7 @@ class Prefill:
         self.ids, self.mask = model.tokenize(input, attention_mask)
         self.names = resolve_names(cache_names, model.cfg.n_layers) if cache_names is not None else []
         self.cache_device, self.cache_dtype = cache_device, cache_dtype
-        self.context_hooks = list(model._context_hooks)
+        self.context_hooks = model._user_hooks()
         self.kv = model.arch.new_cache()
         self.store: dict = {}
         b, p = self.ids.shape
@@ -117,7 +117,7 @@ class Prefill:
     def check(self, model, cache_names, attention_mask):
         if model is not self.model:
             raise VerilensError("this prefill was built by another model")
-        if list(model._context_hooks) != self.context_hooks:
+        if model._user_hooks() != self.context_hooks:
             raise VerilensError("the model's hooks changed since this prefill was built: build it again")
         if cache_names is not None:
             raise VerilensError("a prefill fixes what is cached: pass cache_names to model.prefill(...)")
@@ -167,7 +167,7 @@ def generate(model, input, max_new_tokens=64, do_sample=False, temperature=1.0, 
     stops = [stop] if isinstance(stop, str) else list(stop or [])
     eos = model.tokenizer.eos_token_id
     pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else eos
-    if pre is None and not names and not stops and not do_sample and not model._active and not model._context_hooks:
+    if pre is None and not names and not stops and not do_sample and not model._active and not model._user_hooks():
         return _result(model, _hf_generate(model, ids, mask, max_new_tokens, eos if stop_at_eos else None, pad),
                        p0, stops)
     generator = None
@@ -200,7 +200,7 @@ def generate(model, input, max_new_tokens=64, do_sample=False, temperature=1.0, 
         if reuse and past == 0:
             store.update(pre.store)
             return pre.logits
-        return cached(step_ids, list(model._context_hooks) + cache_hooks(store), kv, past, full_mask)
+        return cached(step_ids, model._user_hooks() + cache_hooks(store), kv, past, full_mask)
 
     def step(step_ids, full_ids, full_mask, past):
         """Logits of the last position for every row, per the semantics above."""

@@ -64,19 +64,19 @@ def position_mask(positions, info, device):
     return m
 
 
-def position_and_rows(ctx, positions, x):
+def position_and_rows(hook, positions, x):
     """[batch, seq] bool: the chosen positions of the firing rows (None = everywhere)."""
-    mask = position_mask(positions, ctx.info, x.device)
-    rows = ctx.rows
+    mask = position_mask(positions, hook.info, x.device)
+    rows = hook.rows
     if rows is None:
         return mask
     rows = rows.to(x.device)[:, None]
     return rows.expand(x.shape[0], x.shape[1]) if mask is None else mask & rows
 
 
-def _select(ctx, positions, new, old):
+def _select(hook, positions, new, old):
     """Blend `new` into `old` only at the chosen positions and firing rows."""
-    where = position_and_rows(ctx, positions, new)
+    where = position_and_rows(hook, positions, new)
     if where is None:
         return new
     return torch.where(where.view(*where.shape, *[1] * (new.dim() - 2)), new, old)
@@ -129,7 +129,8 @@ class ablate_heads(Intervention):
                 raise VerilensError(f"ablate_heads: head {h} out of range (0..{cfg.n_heads - 1}) in layer {l}")
         if self.mode == "mean" and self.reference is not None and self._means is None:
             layers = sorted({l for l, _ in self.heads})
-            _, cache = model.run_with_cache(self.reference, names=[f"blocks.{l}.attn.hook_z" for l in layers])
+            with torch.no_grad():
+                _, cache = model.run_with_cache(self.reference, names_filter=[f"blocks.{l}.attn.hook_z" for l in layers])
             mask = cache.attention_mask.bool()
             self._means = {l: cache[f"blocks.{l}.attn.hook_z"][mask].mean(0) for l in layers}
 
@@ -145,13 +146,13 @@ class ablate_heads(Intervention):
         # cache that pass holds only the new token, so it must be recomputed in full
         return not (self.mode == "mean" and self.reference is None)
 
-    def fill(self, l, z, ctx):
+    def fill(self, l, z, hook):
         """[n_heads, d_head] values that replace ablated heads' z (None for zeros)."""
         if self.mode == "zero":
             return None
         if self._means is not None:
             return self._means[l].to(z)
-        am = ctx.info.attention_mask
+        am = hook.info.attention_mask
         real = am[:, -z.shape[1]:].bool() if am is not None else torch.ones(z.shape[:2], dtype=torch.bool)
         return z[real.to(z.device)].mean(0)
 
@@ -165,14 +166,14 @@ class HeadEdit:
         self.iv, self.layer, self.heads = iv, layer, heads
         self.scale = _Scale(n_heads, heads)
 
-    def plan(self, z, ctx):
-        return self.scale.on(z.device), self.iv.fill(self.layer, z, ctx), position_and_rows(ctx, self.iv.positions, z)
+    def plan(self, z, hook):
+        return self.scale.on(z.device), self.iv.fill(self.layer, z, hook), position_and_rows(hook, self.iv.positions, z)
 
-    def __call__(self, z, ctx):
+    def __call__(self, z, hook):
         new = z.clone()
-        fill = self.iv.fill(self.layer, z, ctx)
+        fill = self.iv.fill(self.layer, z, hook)
         new[:, :, self.heads] = 0 if fill is None else fill[self.heads]
-        return _select(ctx, self.iv.positions, new, z)
+        return _select(hook, self.iv.positions, new, z)
 
 
 class _Scale:
@@ -229,13 +230,13 @@ class NeuronEdit:
         self.iv, self.idx = iv, torch.tensor(idx)
         self.scale = _Scale(d_mlp, idx)
 
-    def plan(self, x, ctx):
-        return self.scale.on(x.device), self.iv.value, position_and_rows(ctx, self.iv.positions, x)
+    def plan(self, x, hook):
+        return self.scale.on(x.device), self.iv.value, position_and_rows(hook, self.iv.positions, x)
 
-    def __call__(self, x, ctx):
+    def __call__(self, x, hook):
         new = x.clone()
         new[..., self.idx.to(x.device)] = self.iv.value
-        return _select(ctx, self.iv.positions, new, x)
+        return _select(hook, self.iv.positions, new, x)
 
 
 def _per_layer(vectors, layers, d_model, what):
@@ -281,10 +282,10 @@ class project_out(Intervention):
 
     def hooks(self, model):
         def make(Q):
-            def fn(x, ctx):
+            def fn(x, hook):
                 Qx = Q.to(x.device, x.dtype)
                 new = x - (x @ Qx) @ Qx.T
-                return _select(ctx, self.positions, new, x)
+                return _select(hook, self.positions, new, x)
             return fn
         return [(f"blocks.{l}.hook_resid_post", make(self.bases[l])) for l in self.layers]
 
@@ -307,8 +308,8 @@ class steer(Intervention):
 
     def hooks(self, model):
         def make(v):
-            def fn(x, ctx):
-                return _select(ctx, self.positions, x + self.alpha * v.to(x.device, x.dtype), x)
+            def fn(x, hook):
+                return _select(hook, self.positions, x + self.alpha * v.to(x.device, x.dtype), x)
             return fn
         return [(f"blocks.{l}.hook_resid_post", make(self.vecs[l])) for l in self.layers]
 
@@ -337,16 +338,16 @@ class patch(Intervention):
         return callable(self.value) or torch.as_tensor(self.value).dim() <= self._feature_dims
 
     def hooks(self, model):
-        def fn(x, ctx):
+        def fn(x, hook):
             if callable(self.value):
-                new = self.value(x, ctx)
+                new = self.value(x, hook=hook)
             else:
                 try:
                     new = torch.as_tensor(self.value, device=x.device, dtype=x.dtype).expand_as(x)
                 except RuntimeError as e:
                     raise VerilensError(f"patch {self.hook_name}: value of shape {tuple(torch.as_tensor(self.value).shape)} "
                                         f"does not broadcast to {tuple(x.shape)}") from e
-            return _select(ctx, self.positions, new, x)
+            return _select(hook, self.positions, new, x)
         return [(self.hook_name, fn)]
 
 
@@ -398,18 +399,18 @@ class Gated:
     def __init__(self, when, fn):
         self.when, self.fn = when, fn
         if hasattr(fn, "plan"):
-            self.plan = lambda x, ctx: self._with_rows(ctx, fn.plan, x)
+            self.plan = lambda x, hook: self._with_rows(hook, fn.plan, x)
 
-    def _with_rows(self, ctx, f, x):
-        rows = self.when.rows(ctx.info.input_ids)
+    def _with_rows(self, hook, f, x):
+        rows = self.when.rows(hook.info.input_ids)
         if not bool(rows.any()):
             return None
-        prev = ctx.info.rows
-        ctx.info.rows = rows if prev is None else (prev & rows)
+        prev = hook.info.rows
+        hook.info.rows = rows if prev is None else (prev & rows)
         try:
-            return f(x, ctx)
+            return f(x, hook)
         finally:
-            ctx.info.rows = prev
+            hook.info.rows = prev
 
-    def __call__(self, x, ctx):
-        return self._with_rows(ctx, self.fn, x)
+    def __call__(self, x, hook):
+        return self._with_rows(hook, self.fn, x)

@@ -14,8 +14,24 @@ from ..errors import VerilensError
 from .arch import Arch, arch_for
 from .cache import ActivationCache
 from .interventions import Active
-from .names import parse_name, resolve_names
+from .names import all_names, parse_name, resolve_names
+from .points import HookPoint
 from .runtime import HookSession, PassInfo
+from .slices import Slice
+
+RETURN_TYPES = ("logits", "loss", "both", None)
+HEAD_POINTS = ("hook_q", "hook_k", "hook_v", "hook_z", "hook_result")  # [batch, pos, head, ...]
+
+
+def _next_token_loss(logits, ids, mask, per_token: bool):
+    """Cross-entropy of each next token over real (non-pad) positions, as TransformerLens'
+    lm_cross_entropy_loss: [batch, pos - 1] per token, else the mean."""
+    logp = logits[:, :-1].float().log_softmax(-1)
+    loss = -logp.gather(-1, ids[:, 1:, None])[..., 0]
+    real = (mask[:, :-1] * mask[:, 1:]).bool()
+    if per_token:
+        return loss.masked_fill(~real, 0.0)
+    return loss[real].mean()
 
 
 @dataclass(frozen=True)
@@ -65,7 +81,10 @@ class HookedModel:
                                 "causal LM") from None
         self.hf_model, self.tokenizer, self.name, self.source = hf_model, tokenizer, name, source
         self.cfg = _config_of(hf_model, self.arch, self.blocks)
-        self._context_hooks: list = []
+        # TransformerLens' hook state: one HookPoint per name, holding the attached functions
+        self.hook_dict: dict[str, HookPoint] = {
+            n: HookPoint(n, parse_name(n, self.cfg.n_layers)[0]) for n in all_names(self.cfg.n_layers)}
+        self.context_level = 0
         self._active: list[Active] = []
         # How head and neuron ablations run, in verilens.ops' vocabulary: "auto" fuses them
         # into o_proj / the GLU through the registered ops on CUDA and edits by hook in
@@ -191,6 +210,34 @@ class HookedModel:
         """The epsilon inside the final RMSNorm's rms."""
         return self.arch.norm_eps(self.final_norm)
 
+    def tokens_to_residual_directions(self, tokens) -> torch.Tensor:
+        """[..., d_model]: the direction in hook_normalized space (before the final norm's
+        weight) whose dot product with ln_final.hook_normalized is the token's logit:
+        gain * W_U[:, token] (TransformerLens folds the gain into W_U; here it is unfolded)."""
+        if isinstance(tokens, str):
+            tokens = self.to_single_token(tokens)
+        t = torch.as_tensor(tokens, dtype=torch.long, device=self.W_U.device)
+        return (self.W_U[:, t].movedim(0, -1) * self.final_norm_gain).detach()
+
+    def to_single_token(self, string: str) -> int:
+        ids = self.tokenizer.encode(string, add_special_tokens=False)
+        if len(ids) != 1:
+            raise VerilensError(f"{string!r} is {len(ids)} tokens, not one")
+        return ids[0]
+
+    def accumulated_bias(self, layer: int, mlp_input: bool = False, include_mlp_biases: bool = True) -> torch.Tensor:
+        """[d_model]: the biases the attention outputs (o_proj) and, with include_mlp_biases,
+        the MLPs (down_proj) add to the residual stream before `layer` (its attention's too
+        with mlp_input); zeros for the bias-free families."""
+        total = torch.zeros(self.cfg.d_model, device=self.device, dtype=self.dtype)
+        for l in range(layer + (1 if mlp_input else 0)):
+            parts = ("o",) if (l == layer or not include_mlp_biases) else ("o", "down")
+            for part in parts:
+                bias = self.module(l, part).bias
+                if bias is not None:
+                    total = total + bias.detach()
+        return total
+
     def logit_lens(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of residual-stream vectors [..., d_model] through the final norm, the
         unembedding and the model's logit soft-cap, if any (for a direction, the norm's
@@ -284,14 +331,25 @@ class HookedModel:
         pos = mask.long().cumsum(-1) - 1
         return pos.masked_fill(mask == 0, 1)
 
+    def _user_hooks(self) -> list:
+        """(name, fn) of every forward hook attached to the hook points, in order."""
+        return [(name, h.fn) for name, hp in self.hook_dict.items() for h in hp.fwd_hooks]
+
+    def _user_bwd_hooks(self) -> list:
+        """(name, fn) of the backward hooks; each runs only while it is still attached
+        when the backward pass reaches it (as a TransformerLens module hook would)."""
+        def live(hp, h):
+            return lambda grad, hook: h.fn(grad, hook=hook) if h in hp.bwd_hooks else None
+        return [(name, live(hp, h)) for name, hp in self.hook_dict.items() for h in hp.bwd_hooks]
+
     def _active_hooks(self, gate=True):
-        out = list(self._context_hooks)
+        out = self._user_hooks()
         for a in self._active:
             out += a.hooks(self, gate=gate)
         return out
 
     def _run(self, ids, mask, hooks, positions=None, kv=None, past=0, use_cache=False, full_mask=None,
-             last_logits_only=False):
+             last_logits_only=False, bwd_hooks=()):
         info = PassInfo(batch=ids.shape[0], seq=ids.shape[1], past=past,
                         attention_mask=full_mask if full_mask is not None else mask, positions=positions,
                         input_ids=ids)
@@ -302,46 +360,102 @@ class HookedModel:
             kwargs[self._cache_kw] = kv
         if last_logits_only:  # generation reads only the last position: skip the unembedding of the rest
             kwargs["logits_to_keep"] = 1
-        with HookSession(self, hooks) as session:
+        with HookSession(self, hooks, bwd_hooks) as session:
             session.info = info
             out = self.hf_model(**kwargs)
         return out.logits
 
-    @torch.no_grad()
-    def __call__(self, input, attention_mask=None):
-        """Logits [batch, pos, d_vocab], with the active hooks and interventions."""
-        return self.forward(input, attention_mask)
+    # -- forward passes (TransformerLens' HookedRootModule API) ---------------------------
+    # Like TransformerLens, passes record gradients when torch's grad mode is on: wrap
+    # analysis code in torch.no_grad() / torch.inference_mode() (verilens' own analyses do).
+    def __call__(self, input, return_type: str | None = "logits", loss_per_token: bool = False,
+                 attention_mask=None):
+        return self.forward(input, return_type, loss_per_token, attention_mask)
 
-    @torch.no_grad()
-    def forward(self, input, attention_mask=None):
+    def forward(self, input, return_type: str | None = "logits", loss_per_token: bool = False, attention_mask=None):
+        """`return_type`: "logits" [batch, pos, d_vocab], "loss" (mean next-token cross-entropy
+        over real tokens; per token [batch, pos - 1] with `loss_per_token`), "both" (logits,
+        loss) or None; with the hooks attached to the hook points and the active interventions."""
         ids, mask = self.tokenize(input, attention_mask)
-        return self._run(ids, mask, self._active_hooks())
+        return self._output(ids, mask, self._active_hooks(), None, self._user_bwd_hooks(), return_type, loss_per_token)
 
-    @torch.no_grad()
-    def run_with_hooks(self, input, fwd_hooks=(), attention_mask=None):
-        """Forward with extra hooks [(name or filter, fn)] for this call only."""
-        ids, mask = self.tokenize(input, attention_mask)
-        return self._run(ids, mask, self._expand_hooks(fwd_hooks) + self._active_hooks())
+    def _output(self, ids, mask, hooks, positions, bwd_hooks, return_type="logits", loss_per_token=False):
+        if return_type not in RETURN_TYPES:
+            raise VerilensError(f"return_type must be one of {RETURN_TYPES}, got {return_type!r}")
+        logits = self._run(ids, mask, hooks, positions=positions, bwd_hooks=bwd_hooks)
+        if return_type == "logits":
+            return logits
+        if return_type is None:
+            return None
+        loss = _next_token_loss(logits, ids, mask, loss_per_token)
+        return loss if return_type == "loss" else (logits, loss)
 
-    def _expand_hooks(self, fwd_hooks):
-        out = []
-        for name, fn in fwd_hooks:
-            if not callable(fn):
-                raise VerilensError(f"hook for {name!r} is not callable")
-            out += [(n, fn) for n in resolve_names(name, self.cfg.n_layers)]
-        return out
+    # -- hook points ----------------------------------------------------------------------
+    @property
+    def mod_dict(self) -> dict[str, HookPoint]:
+        """TransformerLens' name -> module map, restricted to what verilens hooks: the hook
+        points (the native modules are in `hf_model`, and `module(l, part)` names them)."""
+        return self.hook_dict
+
+    def hook_points(self):
+        return self.hook_dict.values()
+
+    def _points(self, name) -> list[HookPoint]:
+        """The hook points a name, a list of names or a filter on names selects (unknown
+        names are an error listing the closest valid ones)."""
+        return [self.hook_dict[n] for n in resolve_names(name, self.cfg.n_layers)]
+
+    def add_hook(self, name, hook, dir: str = "fwd", is_permanent: bool = False, level: int | None = None,
+                 prepend: bool = False) -> None:
+        """Attach `hook(activation, hook=point)` at a hook point (a name or a filter on names)
+        until it is removed: `reset_hooks()`, or the end of the `hooks()` block that added it."""
+        for hp in self._points(name):
+            hp.add_hook(hook, dir=dir, is_permanent=is_permanent, level=level, prepend=prepend)
+
+    def add_perma_hook(self, name, hook, dir: str = "fwd") -> None:
+        """A hook that `reset_hooks()` keeps (unless including_permanent=True)."""
+        self.add_hook(name, hook, dir=dir, is_permanent=True)
+
+    def remove_all_hook_fns(self, direction: str = "both", including_permanent: bool = False,
+                            level: int | None = None) -> None:
+        for hp in self.hook_points():
+            hp.remove_hooks(direction, including_permanent=including_permanent, level=level)
+
+    def clear_contexts(self) -> None:
+        for hp in self.hook_points():
+            hp.clear_context()
+
+    def reset_hooks(self, clear_contexts: bool = True, direction: str = "both", including_permanent: bool = False,
+                    level: int | None = None) -> None:
+        if clear_contexts:
+            self.clear_contexts()
+        self.remove_all_hook_fns(direction, including_permanent, level=level)
 
     @contextlib.contextmanager
-    def hooks(self, fwd_hooks=()):
-        """Context manager: the hooks stay on for every pass inside the block; they are
-        always removed on exit, also when the block raises."""
-        expanded = self._expand_hooks(fwd_hooks)
-        self._context_hooks += expanded
+    def hooks(self, fwd_hooks=(), bwd_hooks=(), reset_hooks_end: bool = True, clear_contexts: bool = False):
+        """The hooks [(name or filter, fn)] stay on for every pass inside the block (generate
+        included); on exit they are removed (with reset_hooks_end), also when the block raises."""
+        self.context_level += 1
         try:
+            for name, fn in fwd_hooks:
+                self.add_hook(name, fn, dir="fwd", level=self.context_level)
+            for name, fn in bwd_hooks:
+                self.add_hook(name, fn, dir="bwd", level=self.context_level)
             yield self
         finally:
-            for h in expanded:
-                self._context_hooks.remove(h)
+            if reset_hooks_end:
+                self.reset_hooks(clear_contexts, including_permanent=False, level=self.context_level)
+            self.context_level -= 1
+
+    def run_with_hooks(self, input, fwd_hooks=(), bwd_hooks=(), reset_hooks_end: bool = True,
+                       clear_contexts: bool = False, **forward_kwargs):
+        """forward(input, **forward_kwargs) with extra hooks for this call only (keep backward
+        hooks for a later loss.backward() with reset_hooks_end=False)."""
+        if bwd_hooks and reset_hooks_end:
+            warnings.warn("run_with_hooks removes its hooks at the end: backward hooks are gone before a "
+                          "backward pass can run (pass reset_hooks_end=False)", stacklevel=2)
+        with self.hooks(fwd_hooks, bwd_hooks, reset_hooks_end, clear_contexts):
+            return self.forward(input, **forward_kwargs)
 
     @contextlib.contextmanager
     def intervene(self, *interventions, when=None):
@@ -353,29 +467,51 @@ class HookedModel:
         finally:
             self._active.remove(active)
 
-    def _cache_hooks(self, names, store, device, dtype):
+    def _cache_hooks(self, names, store, device, dtype, pos_slice=None, suffix=""):
         def make(name):
-            def fn(x, ctx):
-                pos = ctx.info.positions
+            def fn(x, hook):
+                pos = hook.info.positions
                 if pos is not None and not name.endswith(("hook_pattern", "hook_result")):
                     x = x[torch.arange(x.shape[0], device=x.device)[:, None], pos]
-                store[name] = x.detach().to(device=device or x.device, dtype=dtype or x.dtype)
+                if pos_slice is not None:  # TransformerLens: heads' activations have pos at -3
+                    x = pos_slice.apply(x, dim=-3 if name.endswith(HEAD_POINTS) else -2)
+                store[name + suffix] = x.detach().to(device=device or x.device, dtype=dtype or x.dtype)
             return fn
         return [(n, make(n)) for n in names]
 
-    @torch.no_grad()
-    def run_with_cache(self, input, names=None, positions=None, device=None, dtype=None, attention_mask=None):
-        """(logits, ActivationCache). `names`: hook names, a filter function or None (all);
-        `positions`: None (all), "last", an int, a list per sequence or a [batch, k]
-        tensor: only those positions are kept (and attention patterns only computed
-        for those query positions)."""
+    def run_with_cache(self, input, names_filter=None, device=None, remove_batch_dim: bool = False,
+                       incl_bwd: bool = False, clear_contexts: bool = False, pos_slice=None, positions=None, dtype=None, attention_mask=None, **forward_kwargs):
+        """(output, ActivationCache), with TransformerLens' arguments. `names_filter`: a name,
+        names or a filter on names (None: all); `pos_slice`: TransformerLens' slice of the
+        position axis (an int drops it); `positions`: verilens' per-sequence choice, None
+        (all), "last", an int, a list per sequence or a [batch, k] tensor, which also limits
+        attention patterns to those query positions; `incl_bwd`: backward() on the output
+        (a scalar: return_type="loss") and the gradients cached as "<name>_grad"; `device`,
+        `dtype`: where the cache goes. The caching hooks live for this call only and run
+        after the attached hooks and interventions, so the cache sees their edits."""
+        if positions is not None and pos_slice is not None:
+            raise VerilensError("give positions (verilens, per sequence) or pos_slice (TransformerLens), not both")
         ids, mask = self.tokenize(input, attention_mask)
-        names = resolve_names(names, self.cfg.n_layers)
+        if remove_batch_dim and ids.shape[0] != 1:
+            raise VerilensError(f"remove_batch_dim needs a batch of one, got {ids.shape[0]}")
+        names = resolve_names(names_filter, self.cfg.n_layers)
         pos = self._positions(positions, ids, mask)
+        pos_slice = None if pos_slice is None else Slice(pos_slice)
         store = {}
-        logits = self._run(ids, mask, self._active_hooks() + self._cache_hooks(names, store, device, dtype), positions=pos)
+        bwd = self._user_bwd_hooks()
+        if incl_bwd:
+            bwd += self._cache_hooks(names, store, device, dtype, pos_slice, suffix="_grad")
+        out = self._output(ids, mask, self._active_hooks() + self._cache_hooks(names, store, device, dtype, pos_slice),
+                           pos, bwd, **forward_kwargs)
+        if incl_bwd:
+            out.backward()
+        if clear_contexts:
+            self.clear_contexts()
         cache_mask = mask if pos is None else mask.gather(1, pos)
-        return logits, ActivationCache(store, self, positions=pos, attention_mask=cache_mask)
+        if pos_slice is not None:
+            cache_mask = pos_slice.apply(cache_mask, dim=-1)
+        cache = ActivationCache(store, self, positions=pos, attention_mask=cache_mask)
+        return out, cache.remove_batch_dim() if remove_batch_dim else cache
 
     # -- generation -------------------------------------------------------------------
     def prefill(self, input, cache_names=None, cache_device=None, cache_dtype=None, attention_mask=None):

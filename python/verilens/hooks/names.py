@@ -9,6 +9,8 @@ from ..errors import VerilensError
 # Per-layer points, in the order the forward pass reaches them.
 LAYER_POINTS = (
     "hook_resid_pre",
+    "ln1.hook_scale",  # TransformerLens' meaning: scale = sqrt(mean(x^2) + eps) [batch, pos, 1],
+    "ln1.hook_normalized",  # normalized = x / scale, before the norm's weight
     "attn.hook_q",
     "attn.hook_k",
     "attn.hook_v",
@@ -17,13 +19,15 @@ LAYER_POINTS = (
     "attn.hook_pattern",  # computed once the attention module has run
     "hook_attn_out",
     "hook_resid_mid",
+    "ln2.hook_scale",
+    "ln2.hook_normalized",
     "mlp.hook_pre",
     "mlp.hook_pre_linear",
     "mlp.hook_post",
     "hook_mlp_out",
     "hook_resid_post",
 )
-GLOBAL_POINTS = ("hook_embed", "ln_final.hook_normalized")
+GLOBAL_POINTS = ("hook_embed", "ln_final.hook_scale", "ln_final.hook_normalized")
 
 # get_act_name("resid_post", 5) -> "blocks.5.hook_resid_post", as in TransformerLens.
 ALIASES = {
@@ -44,14 +48,21 @@ ALIASES = {
     "pre_linear": "mlp.hook_pre_linear",
     "post": "mlp.hook_post",
     "ln_final": "ln_final.hook_normalized",
-    "normalized": "ln_final.hook_normalized",
 }
+NORM_POINTS = ("scale", "normalized")  # get_act_name("scale", 3, "ln1"); without a layer: ln_final
 
 _LAYER_RE = re.compile(r"^blocks\.(\d+)\.(.+)$")
 
 
-def get_act_name(name: str, layer: int | None = None) -> str:
-    """Full hook name from a short alias: get_act_name("resid_post", 5)."""
+def get_act_name(name: str, layer: int | None = None, layer_type: str | None = None) -> str:
+    """Full hook name from a short alias, as TransformerLens' utils.get_act_name:
+    get_act_name("resid_post", 5), get_act_name("scale", 5, "ln2"), get_act_name("normalized")."""
+    if name in NORM_POINTS:
+        if layer is None:
+            return f"ln_final.hook_{name}"
+        if layer_type not in ("ln1", "ln2"):
+            raise VerilensError(f"{name!r} with a layer needs layer_type 'ln1' or 'ln2', got {layer_type!r}")
+        return f"blocks.{layer}.{layer_type}.hook_{name}"
     point = ALIASES.get(name, name)
     if point in GLOBAL_POINTS:
         return point
@@ -65,7 +76,7 @@ def get_act_name(name: str, layer: int | None = None) -> str:
 
 
 def all_names(n_layers: int) -> list[str]:
-    return [GLOBAL_POINTS[0]] + [f"blocks.{l}.{p}" for l in range(n_layers) for p in LAYER_POINTS] + [GLOBAL_POINTS[1]]
+    return [GLOBAL_POINTS[0]] + [f"blocks.{l}.{p}" for l in range(n_layers) for p in LAYER_POINTS] + list(GLOBAL_POINTS[1:])
 
 
 def parse_name(name: str, n_layers: int) -> tuple[int | None, str]:

@@ -49,14 +49,20 @@ class PassInfo:
 
 @dataclass
 class HookContext:
-    """The `hook` argument of hook functions."""
+    """The `hook` argument of hook functions: TransformerLens' HookPoint surface (`name`,
+    `layer()`, `ctx`, the point's persistent dict) plus this pass's `info`."""
 
     name: str
     layer_index: int | None
     info: PassInfo
+    point: object = None  # the model's HookPoint (verilens.hooks.points), whose ctx persists
 
     def layer(self) -> int | None:  # TransformerLens spelling
         return self.layer_index
+
+    @property
+    def ctx(self) -> dict:
+        return self.point.ctx if self.point is not None else {}
 
     @property
     def rows(self):
@@ -81,18 +87,28 @@ class HookSession:
     `hooks` is a list of (full_name, fn). `info` is the PassInfo of the pass running now
     (the session's owner sets `session.info` before each pass)."""
 
-    def __init__(self, model, hooks):
+    def __init__(self, model, hooks, bwd_hooks=()):
         self.model = model
         self.info: PassInfo | None = None
-        self.by_name = defaultdict(list)
+        self.by_name, self.bwd_by_name = defaultdict(list), defaultdict(list)
         for name, fn in hooks:
             self.by_name[name].append(fn)
+        for name, fn in bwd_hooks:
+            if name.endswith(READ_ONLY):
+                raise VerilensError(f"{name} is computed beside the model for reading only: it has no gradient "
+                                    "of its own to hook; put the backward hook on attn.hook_z or a later point")
+            self.bwd_by_name[name].append(fn)
         self.handles = []
 
     # -- applying user functions --------------------------------------------------
+    def _context(self, name, layer):
+        return HookContext(name, layer, self.info, self.model.hook_dict.get(name))
+
     def _apply(self, name, layer, view, writable=True):
+        """Run the hook functions at `name` on `view` (TransformerLens' call: fn(x, hook=...));
+        returns `view` itself when nothing replaced it."""
         for fn in self.by_name.get(name, ()):
-            out = fn(view, HookContext(name, layer, self.info))
+            out = fn(view, hook=self._context(name, layer))
             if out is not None:
                 if not writable:
                     raise VerilensError(
@@ -102,10 +118,23 @@ class HookSession:
                 if out.shape != view.shape:
                     raise VerilensError(f"hook on {name} returned shape {tuple(out.shape)}, expected {tuple(view.shape)}")
                 view = out
+        bwd = self.bwd_by_name.get(name)
+        if bwd and view.requires_grad:
+            # a node of its own in the graph, so the hook sees exactly this point's gradient;
+            # returning it makes the pass continue from it
+            view = view.view_as(view)
+            context = self._context(name, layer)
+
+            def on_grad(grad):
+                for fn in bwd:
+                    out = fn(grad, hook=context)
+                    grad = grad if out is None else out
+                return grad
+            view.register_hook(on_grad)
         return view
 
     def wants(self, name):
-        return name in self.by_name
+        return name in self.by_name or name in self.bwd_by_name
 
     def _fusable(self, name, weight):
         """(the single planned edit at `name`, the ops backend) when a fused op should run
@@ -154,14 +183,13 @@ class HookSession:
         m = self.model
         cfg = m.cfg
         layers = defaultdict(set)
-        for name in self.by_name:
+        for name in [*self.by_name, *self.bwd_by_name]:
             layer, point = parse_name(name, cfg.n_layers)
             layers[layer].add(point)
 
         if "hook_embed" in layers[None]:
             self._post(m.embed_module, lambda mod, a, k, out: self._apply("hook_embed", None, out))
-        if "ln_final.hook_normalized" in layers[None]:
-            self._post(m.final_norm, lambda mod, a, k, out: self._apply("ln_final.hook_normalized", None, out))
+        self._install_norm(m.final_norm, "ln_final", None, layers[None])
         for layer, points in layers.items():
             if layer is not None:
                 self._install_layer(layer, points)
@@ -194,6 +222,8 @@ class HookSession:
                         return new.reshape(b, p, heads * dh)
                 self._post(part(proj), proj_post)
 
+        self._install_norm(part("ln1"), f"blocks.{l}.ln1", l, {p[4:] for p in points if p.startswith("ln1.")})
+        self._install_norm(part("ln2"), f"blocks.{l}.ln2", l, {p[4:] for p in points if p.startswith("ln2.")})
         if "attn.hook_pattern" in points:
             self._install_pattern(l)
 
@@ -251,6 +281,23 @@ class HookSession:
                     return (new,) + tuple(out[1:]) if is_tuple else new
             self._post(block, layer_post)
 
+    def _install_norm(self, norm, prefix, layer, points):
+        """hook_scale / hook_normalized of an RMSNorm (TransformerLens' meaning): the norm
+        runs as the family's own expression with the two points inside it
+        (Arch.rms_norm), only while one of them is hooked."""
+        points = {p.rsplit(".", 1)[-1] for p in points}
+        if not points & {"hook_scale", "hook_normalized"}:
+            return
+        arch = self.model.arch
+
+        def hook(point):
+            if point not in points:
+                return None
+            return lambda x: self._apply(f"{prefix}.{point}", layer, x)
+
+        on_scale, on_normalized = hook("hook_scale"), hook("hook_normalized")
+        self._override(norm, lambda x: arch.rms_norm(norm, x, on_scale, on_normalized))
+
     def _fused_o_proj(self, l, o_proj, edit, backend):
         """o_proj with the head edit (and hook_result, if asked for) in one kernel."""
         from ..ops import head_masked_o_proj
@@ -260,7 +307,7 @@ class HookSession:
 
         def forward(x):
             b, p, _ = x.shape
-            plan = edit.plan(x.view(b, p, H, dh), HookContext(name, l, self.info))
+            plan = edit.plan(x.view(b, p, H, dh), self._context(name, l))
             scale, fill, where = plan if plan is not None else (None, None, None)
             want = self.wants(result_name)
             positions = (self.info.positions if self.info.positions is not None else "all") if want else None
@@ -280,7 +327,7 @@ class HookSession:
 
         def forward(x):
             gate, up = gate_proj(x), up_proj(x)
-            plan = edit.plan(gate, HookContext(name, l, self.info))
+            plan = edit.plan(gate, self._context(name, l))
             scale, fill, where = plan if plan is not None else (None, None, None)
             act, _ = masked_glu(gate, up, scale=scale, fill=fill, where=where, backend=backend)
             return down_proj(act)

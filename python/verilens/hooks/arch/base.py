@@ -30,6 +30,8 @@ class Arch:
     embed: str = "model.embed_tokens"  # its output is hook_embed: what enters the residual stream
     final_norm: str = "model.norm"
     # per decoder layer
+    ln1: str = "input_layernorm"  # the norm before attention
+    ln2: str = "post_attention_layernorm"  # the norm before the MLP
     attn: str = "self_attn"
     q: str = "self_attn.q_proj"
     k: str = "self_attn.k_proj"
@@ -75,6 +77,30 @@ class Arch:
     @staticmethod
     def norm_eps(norm) -> float:
         return float(getattr(norm, "variance_epsilon", getattr(norm, "eps", 1e-6)))
+
+    def rms_norm(self, norm, x: torch.Tensor, on_scale, on_normalized) -> torch.Tensor:
+        """The family's RMSNorm forward, bit for bit, with TransformerLens' two hook points:
+        `on_scale(sqrt(mean(x^2) + eps))` [..., 1] and `on_normalized(x / scale)` (before
+        the weight, in x's dtype). Each returns its argument to keep it, or a replacement;
+        when both keep theirs the output is the module's own to the last bit (Llama casts to
+        the input dtype before the weight, Gemma after it)."""
+        dtype, h = x.dtype, x.float()
+        variance = h.pow(2).mean(-1, keepdim=True)
+        eps = self.norm_eps(norm)
+        normed = h * torch.rsqrt(variance + eps)  # the module's own expression
+        if on_scale is not None:
+            scale = torch.sqrt(variance + eps).to(dtype)
+            new_scale = on_scale(scale)
+            if new_scale is not scale:
+                normed = h / new_scale.float()
+        if on_normalized is not None:
+            view = normed.to(dtype)
+            new = on_normalized(view)
+            if new is not view:
+                normed = new.float()
+        if self.norm_offset:  # Gemma: (x * (offset + w)) in float32, then the cast
+            return (normed * (self.norm_offset + norm.weight.float())).to(dtype)
+        return norm.weight * normed.to(dtype)
 
     def act_fn(self, config) -> str:
         return getattr(config, self.act_key, None) or "silu"

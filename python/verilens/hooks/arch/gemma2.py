@@ -6,6 +6,7 @@ GLU."""
 from .base import Arch
 
 ARCH = Arch(family="Gemma2", model_types=("gemma2",), norm_offset=1.0, act_key="hidden_activation",
+            ln2="pre_feedforward_layernorm",
             attn_out="post_attention_layernorm", mlp_out="post_feedforward_layernorm",
             sliding="layer_types", attn_softcap_key="attn_logit_softcapping",
             final_softcap_key="final_logit_softcapping")
