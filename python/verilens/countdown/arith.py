@@ -9,8 +9,15 @@ from __future__ import annotations
 import re
 from fractions import Fraction
 
+from .problems import MAX_DIGITS, MAX_NUMBERS
+
 _TOKEN_RE = re.compile(r"\s*(?:(\d+\.\d*|\.\d+|\d+)|(//|[-+*/()]))")
 MAX_DEPTH = 100  # CPython's parser also refuses deeply nested brackets
+# The longest number literal read. No value a problem's numbers can make is longer (their
+# product has at most MAX_NUMBERS * MAX_DIGITS digits; the rest is room for decimals), and
+# the cap keeps the exact arithmetic bounded: a 10,000-digit literal would cost quadratic
+# time to convert, and Python refuses more than 4300 digits anyway.
+MAX_LITERAL_DIGITS = MAX_NUMBERS * MAX_DIGITS + 20
 
 
 class ArithError(ValueError):
@@ -25,6 +32,8 @@ def tokenize(s: str):
             raise ArithError(f"unexpected character at {pos}")
         num, op = m.groups()
         if num is not None:
+            if len(num) > MAX_LITERAL_DIGITS + 1:  # + 1: the decimal point
+                raise ArithError(f"a number of more than {MAX_LITERAL_DIGITS} digits")
             if "." not in num and len(num) > 1 and num[0] == "0" and num.strip("0"):
                 raise ArithError("leading zeros")  # a SyntaxError in Python 3
             out.append(("num", num))
@@ -131,5 +140,5 @@ def evaluate(s: str, exact: bool = True):
     it is not a valid expression or divides by zero."""
     try:
         return evaluate_tree(parse(s, Fraction if exact else _python_number))
-    except (ValueError, ZeroDivisionError, OverflowError, RecursionError):  # ValueError: also
-        return None  # ArithError and int()/Fraction() of a number of more than 4300 digits
+    except (ValueError, ZeroDivisionError, OverflowError, RecursionError):  # ValueError: also ArithError;
+        return None  # RecursionError: a chain "1 + 1 + ..." of ~1000 terms is a tree that deep

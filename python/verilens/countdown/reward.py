@@ -6,16 +6,27 @@ parsed by Python's own parser, `ast.parse`, which executes nothing, so exactly t
 `eval` accepts are accepted: same literals, whitespace, nesting limits; the tree is then
 evaluated without recursion, with Python's own int/float operators), and `**` is
 rejected (format score 0.1) so `9**9**9**9` cannot hang the process.
+
+Time is linear in the text's length for any text: the answer is found with plain string
+searches (TinyZero's lazy regex retries from every "<answer>" of a line without a closing
+tag: quadratic), an answer whose count of numbers differs from the problem's is refused
+before any number is converted, and a number of more than MAX_INT_DIGITS digits is never
+converted (Python's default limit, which TinyZero's int() meets with a ValueError: the same
+score, independent of sys.set_int_max_str_digits). With the problem's few numbers fixed,
+what remains for Python's parser is operators, brackets and spaces, which it reads in
+linear time and nests at most 200 deep.
 """
 from __future__ import annotations
 
 import ast
+import itertools
 import operator
 import re
 
 FORMAT_SCORE = 0.1
 SCORE = 1.0
-_ANSWER_RE = re.compile(r"<answer>(.*?)</answer>")
+MAX_INT_DIGITS = 4300
+_DIGITS_RE = re.compile(r"\d+")
 _ALLOWED_RE = re.compile(r"^[\d+\-*/().\s]+$")
 
 
@@ -27,14 +38,23 @@ def extract_solution(solution_str: str) -> str | None:
         text = solution_str.split("<|im_start|>assistant", 1)[1]
     else:
         return None
-    matches = list(_ANSWER_RE.finditer(text.split("\n")[-1]))
-    return matches[-1].group(1).strip() if matches else None
+    line = text[text.rfind("\n") + 1 :]
+    # the last of the non-overlapping, leftmost, shortest matches of <answer>(.*?)</answer>
+    answer, pos = None, 0
+    while (i := line.find("<answer>", pos)) >= 0 and (j := line.find("</answer>", i + 8)) >= 0:
+        answer, pos = line[i + 8 : j], j + 9
+    return None if answer is None else answer.strip()
 
 
 def validate_equation(equation: str, nums) -> bool:
     """The integers in the equation are exactly the given numbers, as a multiset."""
-    try:  # int() refuses numbers of more than 4300 digits (ValueError); TinyZero: False
-        return sorted(int(n) for n in re.findall(r"\d+", equation)) == sorted(int(n) for n in nums)
+    nums = list(nums)
+    # one more than the problem's count is enough to refuse: no list of millions of numbers
+    found = [m.group() for m in itertools.islice(_DIGITS_RE.finditer(equation), len(nums) + 1)]
+    if len(found) != len(nums) or any(len(n) > MAX_INT_DIGITS for n in found):
+        return False  # TinyZero: unequal lists; int() of over 4300 digits raises, False
+    try:
+        return sorted(int(n) for n in found) == sorted(int(n) for n in nums)
     except ValueError:
         return False
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 from fractions import Fraction
 
+from ..errors import VerilensError
 from .arith import evaluate_tree, parse
 from .problems import Problem
 from .solver import format_expr, solve
@@ -274,7 +275,7 @@ def trace_and_slips(
         rng.shuffle(nums)  # a different solution each time, where there are several
         solution = solve(nums, t)
         if solution is None:
-            raise ValueError(f"{problem} has no solution")
+            raise VerilensError(f"{problem} has no solution; a trace needs a solvable problem")
         tree = parse(solution, number=int)
         segments = chain_steps(tree)[:-1] if rng.random() < p_chain else []
         if p_final_slip and rng.random() < p_final_slip:  # no draw when off: older recipes reproduce
