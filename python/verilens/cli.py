@@ -2,33 +2,48 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
+import traceback
+import warnings
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from .errors import VerilensError
+from .errors import VerilensError, check_out_folder
 
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    help="verilens: how a reasoning model checks its own work (CountDown), on any causal LM.",
+    help="verilens: how a reasoning model checks its own work (CountDown), on any causal LM. "
+         "An error prints one line; add --debug anywhere (or set VERILENS_DEBUG=1) for its traceback.",
 )
+
+
+_FORCE_HELP = ("Start over in --out, a verilens run folder: its cache is discarded, its report kept until the new "
+               "one is written. A folder that is not a verilens run is never touched.")
+
+
+def _check_run_options(out: Path, resume: bool, force: bool) -> None:
+    if resume and force:
+        raise VerilensError("pass --resume (continue the run) or --force (start it over), not both")
+    check_out_folder(out)
 
 
 @app.command()
 def demo(
     out: Path = typer.Option(Path("verilens-demo"), help="Output folder (report.html, report.json, figures/)."),
-    n: int = typer.Option(400, help="Problems to generate traces for."),
+    n: int = typer.Option(400, min=1, help="Problems to generate traces for."),
     seed: int = typer.Option(0, help="Problem seed (test split)."),
-    force: bool = typer.Option(False, help="Overwrite an existing output folder."),
+    force: bool = typer.Option(False, help=_FORCE_HELP),
     resume: bool = typer.Option(False, help="Continue an interrupted run in the output folder."),
 ):
     """The whole self-verification analysis on the built-in countdown-tiny, offline (a few minutes)."""
     from .demo import run_demo
 
+    _check_run_options(out, resume, force)
     run_demo(out, n=n, seed=seed, force=force, resume=resume)
 
 
@@ -38,14 +53,14 @@ def analyze(
     out: Path = typer.Option(..., help="Output folder (report.html, report.json, figures/, cache/)."),
     problems: Optional[Path] = typer.Option(None, help="Problems file (parquet/JSON/JSONL with nums, target); "
                                                        "default: generated test-split problems."),
-    n: int = typer.Option(200, help="Problems to generate traces for."),
+    n: int = typer.Option(200, min=1, help="Problems to generate traces for."),
     seed: int = typer.Option(0, help="Seed (problems, probes, random heads)."),
     template: str = typer.Option("base", help="Prompt: base, qwen-instruct, or icl (solved examples in context, "
                                               "for general reasoning models; use with --partial)."),
-    shots: int = typer.Option(3, help="Solved examples in an icl prompt."),
-    max_new_tokens: int = typer.Option(400, help="Length of the generated traces."),
-    batch_size: int = typer.Option(32, help="Batch size for generation and forward passes."),
-    n_contexts: int = typer.Option(300, help="Intervention contexts (correct attempts)."),
+    shots: int = typer.Option(3, min=0, help="Solved examples in an icl prompt."),
+    max_new_tokens: int = typer.Option(400, min=1, help="Length of the generated traces."),
+    batch_size: int = typer.Option(32, min=1, help="Batch size for generation and forward passes."),
+    n_contexts: int = typer.Option(300, min=1, help="Intervention contexts (correct attempts)."),
     paper_settings: bool = typer.Option(False, "--paper-settings", help="The authors' exact choices (36-layer model)."),
     partial: bool = typer.Option(False, help="Score a 'partial' outcome (general reasoning models that self-correct)."),
     bad_rows: str = typer.Option("skip", help="Bad rows in --problems: skip (report them) or error."),
@@ -54,12 +69,21 @@ def analyze(
     device: Optional[str] = typer.Option(None, help="cpu or cuda (default cpu)."),
     dtype: Optional[str] = typer.Option(None, help="float32, bfloat16 or float16."),
     resume: bool = typer.Option(False, help="Continue an interrupted run in --out."),
-    force: bool = typer.Option(False, help="Overwrite --out."),
+    force: bool = typer.Option(False, help=_FORCE_HELP),
 ):
     """Find how a model verifies its CountDown attempts: probes, GLU neurons, heads, interventions, report."""
     from .analysis.pipeline import Settings, analyze as run_analyze
     from .models import load
 
+    # what can be checked without the model, before it loads (minutes for a large one)
+    _check_run_options(out, resume, force)
+    if bad_rows not in ("skip", "error"):
+        raise VerilensError(f"--bad-rows must be skip or error, not {bad_rows!r}")
+    if template not in ("base", "qwen-instruct", "icl"):
+        raise VerilensError(f"--template must be base, qwen-instruct or icl, not {template!r}")
+    for option, path in (("--problems", problems), ("--probe", probe)):
+        if path is not None and not path.is_file():
+            raise VerilensError(f"{option} {path}: no such file")
     kw = dict(n=n, seed=seed, template=template, shots=shots, max_new_tokens=max_new_tokens, batch_size=batch_size,
               n_contexts=n_contexts, partial=partial)
     settings = Settings.paper(**kw) if paper_settings else Settings(**kw)
@@ -74,9 +98,9 @@ def train(
     model: str = typer.Argument("countdown-tiny", help="Only countdown-tiny can be trained."),
     out: Path = typer.Option(Path("runs/countdown-tiny"), help="Run folder (checkpoints; resumes if present)."),
     seed: int = typer.Option(0, help="Seed: the shipped model is seed 0."),
-    steps: Optional[int] = typer.Option(None, help="Override the number of optimiser steps."),
-    checkpoint_every: int = typer.Option(50, help="Steps between checkpoints."),
-    threads: int = typer.Option(1, help="CPU threads. 1 reproduces the shipped weights bit for bit; more threads "
+    steps: Optional[int] = typer.Option(None, min=1, help="Override the number of optimiser steps."),
+    checkpoint_every: int = typer.Option(50, min=1, help="Steps between checkpoints."),
+    threads: int = typer.Option(1, min=1, help="CPU threads. 1 reproduces the shipped weights bit for bit; more threads "
                                         "sum in another order, so the weights drift apart (an equivalent model)."),
     device: Optional[str] = typer.Option(None, help="cpu or cuda (default: cuda when present)."),
 ):
@@ -99,17 +123,20 @@ def train(
 @app.command("eval")
 def eval_cmd(
     model: str = typer.Argument("countdown-tiny", help="countdown-tiny, a model folder or a .gguf file."),
-    n: int = typer.Option(500, help="Number of test-split problems."),
+    n: int = typer.Option(500, min=1, help="Number of test-split problems."),
     seed: int = typer.Option(0, help="Problem seed."),
     template: str = typer.Option("base", help="Prompt template: base or qwen-instruct."),
-    max_new_tokens: int = typer.Option(400, help="Generation length."),
-    batch_size: int = typer.Option(50, help="Generation batch size."),
+    max_new_tokens: int = typer.Option(400, min=1, help="Generation length."),
+    batch_size: int = typer.Option(50, min=1, help="Generation batch size."),
     device: Optional[str] = typer.Option(None, help="cpu or cuda (default cpu)."),
 ):
     """Greedy CountDown eval; prints JSON (parse_rate, verdict_agreement, ...)."""
+    from .countdown import TEMPLATES
     from .models import load
     from .models.evaluate import evaluate
 
+    if template not in TEMPLATES:
+        raise VerilensError(f"--template must be one of {sorted(TEMPLATES)}, not {template!r}")
     m = load(model, device=device)
     metrics = evaluate(m, n=n, seed=seed, template=template, max_new_tokens=max_new_tokens,
                        batch_size=batch_size, progress=sys.stderr.isatty())
@@ -121,12 +148,57 @@ from .geometry.cli import geometry as _geometry_cmd  # noqa: E402
 app.command("geometry")(_geometry_cmd)
 
 
-def main():
-    try:
-        app()
-    except VerilensError as e:
-        typer.secho(f"verilens: error: {e}", err=True, fg=typer.colors.RED)
-        sys.exit(2)
+def _debug_requested(args: list[str]) -> bool:
+    return "--debug" in args or os.environ.get("VERILENS_DEBUG", "") not in ("", "0")
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"verilens: warning: {message}", file=sys.stderr if file is None else file)
+
+
+def main(argv: list[str] | None = None):
+    """The `verilens` entry point: every failure is one `verilens: error: ...` line on stderr
+    and a non-zero exit; `--debug` (anywhere on the line) or VERILENS_DEBUG=1 adds the traceback."""
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError  # typer vendors click
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = _debug_requested(args)
+    args = [a for a in args if a != "--debug"]
+
+    def fail(message: str, code: int = 2):
+        if debug:
+            traceback.print_exc()
+        typer.secho(f"verilens: error: {message}", err=True, fg=typer.colors.RED)
+        sys.exit(code)
+
+    interrupted = ("interrupted; rerun the same command with --resume (analyze, demo) to continue from the last "
+                   "finished step; train continues from its last checkpoint by itself")
+    with warnings.catch_warnings():
+        if not debug:
+            warnings.showwarning = _one_line_warning
+        try:
+            code = app(args=args, prog_name="verilens", standalone_mode=False)
+        except NoArgsIsHelpError as e:  # typer has printed the help already
+            sys.exit(e.exit_code)
+        except ClickException as e:  # bad options and arguments
+            where = f"verilens {' '.join(e.ctx.command_path.split()[1:])}".strip() if getattr(e, "ctx", None) \
+                else "verilens"
+            fail(f"{e.format_message()} (see `{where} --help`)", e.exit_code)
+        except VerilensError as e:
+            fail(str(e))
+        except KeyboardInterrupt:
+            fail(interrupted, 130)
+        except OSError as e:  # the file system: permissions, a full disk, a file where a folder belongs
+            fail(f"{e.strerror or e}{': ' + str(e.filename) if e.filename else ''} (check the path and its "
+                 "permissions and free space)")
+        except MemoryError:
+            fail("out of memory; use a smaller --batch-size or --n, or a smaller model")
+        except Exception as e:  # a bug in verilens, or an input it does not check yet
+            fail(f"unexpected {type(e).__name__}: {str(e)[:300]}; rerun with --debug for the traceback and "
+                 "report it at the verilens issue tracker", 1)
+    if code == 130:  # typer turns Ctrl-C inside a command into exit code 130
+        fail(interrupted, 130)
+    sys.exit(code or 0)
 
 
 if __name__ == "__main__":

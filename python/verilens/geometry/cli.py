@@ -13,11 +13,11 @@ def geometry(
     out: Path = typer.Option(Path("verilens-geometry"), "--out", help="Output folder."),
     which: str = typer.Option("embed", "--which", help="embed (input embeddings) or unembed (output embeddings)."),
     metric: str = typer.Option("cosine", help="cosine or euclidean."),
-    max_tokens: Optional[int] = typer.Option(20000, help="Sample at most this many shared tokens per pair "
+    max_tokens: Optional[int] = typer.Option(20000, min=0, help="Sample at most this many shared tokens per pair "
                                                          "(0 = all)."),
-    k: int = typer.Option(10, help="Neighbours for kNN overlap and LLE (intrinsic dimension uses 2k)."),
-    permutations: int = typer.Option(0, help="Mantel permutations (0 = skip the test)."),
-    mantel_tokens: int = typer.Option(2000, help="Tokens sampled for the Mantel test."),
+    k: int = typer.Option(10, min=1, help="Neighbours for kNN overlap and LLE (intrinsic dimension uses 2k)."),
+    permutations: int = typer.Option(0, min=0, help="Mantel permutations (0 = skip the test)."),
+    mantel_tokens: int = typer.Option(2000, min=3, help="Tokens sampled for the Mantel test."),
     seed: int = typer.Option(0, help="Sampling seed."),
     skip_nonfinite_rows: bool = typer.Option(False, "--skip-nonfinite-rows",
                                              help="Leave out tokens whose embedding holds NaN or inf (counted) "

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import VerilensError
+from ..errors import VerilensError, check_out_folder
 from .correlation import distance_correlation, mantel
 from .emb2emb import fit_map, heldout_r2
 from .local import _knn_prepped, _prep, intrinsic_dimension, jaccard_rows, lle_agreement
@@ -94,6 +94,7 @@ def run_geometry(models, out, which: str = "embed", metric: str = "cosine", max_
         raise VerilensError("a model is named twice; name each model once")
     if max_tokens is not None and max_tokens < 3:
         raise VerilensError("--max-tokens must be at least 3")
+    check_out_folder(out)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
 

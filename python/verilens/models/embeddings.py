@@ -67,11 +67,15 @@ def load_embeddings(name: str, which: str = "embed") -> EmbeddingSource:
     if path.is_dir() and _is_encoder_folder(path):
         from transformers import AutoModel, AutoTokenizer
 
+        from .folder import check_weight_files
+
+        check_weight_files(path)  # a truncated download: a clear error, not a SafetensorError from transformers
         try:
             tok = AutoTokenizer.from_pretrained(path)
             model = AutoModel.from_pretrained(path, dtype=torch.float32)
-        except (OSError, ValueError) as e:
-            raise VerilensError(f"could not load the encoder folder {path}: {e}") from e
+        except Exception as e:  # the folder is the user's input: whatever fails in it is theirs to fix
+            raise VerilensError(f"could not load the encoder folder {path}: {type(e).__name__}: {str(e)[:300]}; "
+                                "download it again, or rerun with --debug for the details") from e
         if which == "unembed":
             out = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
             if out is None:

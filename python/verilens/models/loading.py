@@ -5,7 +5,6 @@ HF_HUB_OFFLINE=1 (or no network) a hub id gets a verilens error that says how to
 download the folder elsewhere and pass its path."""
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import torch
 from ..errors import VerilensError
 
 from ..hooks.arch import SUPPORTED_MODEL_TYPES, arch_for
+from .folder import check_model_folder
 
 BUILTIN = {"countdown-tiny": "countdown-tiny"}
 
@@ -51,17 +51,6 @@ def _resolve_device(device) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise VerilensError(f"device {str(device)!r} asked for, but CUDA is not available here; use device='cpu'")
     return device
-
-
-def _check_model_type(config_path: Path):
-    try:
-        cfg = json.loads(config_path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise VerilensError(f"cannot read {config_path}: {e}") from e
-    try:
-        arch_for(cfg.get("model_type"))
-    except VerilensError as e:
-        raise VerilensError(f"{config_path.parent}: {e}") from None
 
 
 def _looks_like_hub_id(s: str) -> bool:
@@ -119,7 +108,7 @@ def load(name_or_path, device=None, dtype=None):
         elif not (path / "config.json").exists():
             raise VerilensError(f"{path} has no config.json: not a Hugging Face model folder")
         else:
-            _check_model_type(path / "config.json")
+            check_model_folder(path)  # config types, weight files whole and of the config's shapes
     source = name if path is None else str(path / gguf_file if gguf_file else path)
     kwargs = {"dtype": dtype}
     if gguf_file:
@@ -138,10 +127,11 @@ def load(name_or_path, device=None, dtype=None):
         tokenizer = AutoTokenizer.from_pretrained(name if path is None else path, **(
             {"gguf_file": gguf_file} if gguf_file else {}))
         model = AutoModelForCausalLM.from_pretrained(name if path is None else path, **kwargs)
-    except (OSError, ValueError) as e:
-        if path is None:
+    except Exception as e:  # a local folder or file is the user's input: whatever fails in it is theirs
+        if path is None and isinstance(e, (OSError, ValueError)):
             raise _hub_error(name) from e
-        raise VerilensError(f"could not load {source}: {e}") from e
+        raise VerilensError(f"could not load {source}: {type(e).__name__}: {str(e)[:300]}; check the files "
+                            "(download the model again) or rerun with --debug for the details") from e
     if gguf_file:
         _drop_gguf_quantizer(model)
     try:
