@@ -15,13 +15,9 @@ Defaults scale the paper's choices for a 36-layer Qwen2.5-3B to the model's dept
 width; `Settings.paper()` is the authors' exact choices."""
 from __future__ import annotations
 
-import json
-import os
 import random
-import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 
 import torch
 
@@ -29,6 +25,7 @@ from ..countdown import generate_problems, load_problems
 from ..errors import VerilensError
 from ..hooks import interventions as iv
 from . import attribution, channel, glu, heads, lens, outcomes, probes
+from .rundir import RunDir
 from .traces import Site, Trace, check_sites, correct_contexts, generate_traces, site_activations, verdict_sites, wrong_contexts
 
 PAPER_LAYERS = 36  # Qwen2.5-3B: the depth the paper's layer choices refer to
@@ -85,49 +82,6 @@ class Settings:
                 raise VerilensError(f"{name}: layers {bad} out of range for a {L}-layer model")
         return s
 
-
-class RunDir:
-    """DIR with its cache: atomic writes, resume, refusal to overwrite."""
-
-    def __init__(self, out, settings_json: dict, resume: bool = False, force: bool = False):
-        self.out = Path(out)
-        self.cache = self.out / "cache"
-        marker = self.cache / "settings.json"
-        if self.out.exists() and any(self.out.iterdir()):
-            if force:
-                shutil.rmtree(self.out)
-            elif not resume:
-                raise VerilensError(f"{self.out} exists; pass --resume to continue that run or --force to start over")
-            elif not marker.exists():
-                raise VerilensError(f"{self.out} is not a verilens analysis folder (no cache/settings.json); "
-                                    "pass --force to overwrite it")
-            elif json.loads(marker.read_text()) != settings_json:
-                raise VerilensError(f"{self.out} holds a run with other settings; use another folder or --force")
-        self.cache.mkdir(parents=True, exist_ok=True)
-        (self.out / "report.json").unlink(missing_ok=True)  # only a finished run has a report
-        self.write_json(marker, settings_json)
-
-    @staticmethod
-    def write_json(path: Path, obj) -> None:
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(obj, indent=1))
-        os.replace(tmp, path)
-
-    def step(self, name: str, fn):
-        """fn()'s result (JSON-able, or a dict of tensors), cached as cache/NAME."""
-        js, pt = self.cache / f"{name}.json", self.cache / f"{name}.pt"
-        if js.exists():
-            return json.loads(js.read_text())
-        if pt.exists():
-            return torch.load(pt, weights_only=False)
-        result = fn()
-        if isinstance(result, dict) and any(isinstance(v, torch.Tensor) for v in result.values()):
-            tmp = pt.with_name(pt.name + ".tmp")
-            torch.save(result, tmp)
-            os.replace(tmp, pt)
-        else:
-            self.write_json(js, result)
-        return result
 
 
 def _mean(values):

@@ -9,17 +9,25 @@ import json
 import math
 import os
 import random
+import shutil
 import time
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-from ..errors import VerilensError
+from ..errors import VerilensError, check_out_folder
 from .tiny import PINNED_DIGIT, TinySpec, collate, qwen2_config, spec_examples, train_problems, training_texts, weighted_loss
 from .tokenizer import train_tokenizer
 
 GROUP = 8  # batches are drawn GROUP at a time and bucketed by length to cut padding
+
+
+def _atomic_write_text(path: Path, text: str):
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def _atomic_torch_save(obj, path: Path):
@@ -69,31 +77,48 @@ def train(out_dir, spec: TinySpec | None = None, checkpoint_every: int = 50, thr
     from transformers import AutoTokenizer, Qwen2ForCausalLM
 
     spec = spec or TinySpec()
+    check_out_folder(out_dir)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if threads:
         torch.set_num_threads(threads)
     spec_file = out / "spec.json"
+    ckpt = out / "checkpoint.pt"
     if spec_file.exists():
-        saved = json.loads(spec_file.read_text())
+        try:
+            saved = json.loads(spec_file.read_text())
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            raise VerilensError(f"{spec_file} is damaged ({str(e)[:80]}), so the settings of the run in {out} are "
+                                "unknown; use another --out, or delete that folder to train from step 0") from e
         if saved != asdict(spec):
             raise VerilensError(f"{out} holds a run with different settings; use another --out")
+    elif ckpt.exists():
+        raise VerilensError(f"{out} holds a checkpoint but no spec.json; use another --out, or delete that folder "
+                            "to train from step 0")
     else:
-        spec_file.write_text(json.dumps(asdict(spec), indent=1))
+        _atomic_write_text(spec_file, json.dumps(asdict(spec), indent=1))
 
     torch.manual_seed(spec.seed)
     problems = train_problems(spec)
     pinned = [p for p in problems if p.target % 10 == PINNED_DIGIT]
     tok_dir = out / "tokenizer"
+    tokenizer = None
     if (tok_dir / "tokenizer.json").exists():
-        tokenizer = AutoTokenizer.from_pretrained(tok_dir)
-    else:
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(tok_dir)
+        except Exception as e:  # a damaged file: the tokenizer is a pure function of the seed, so rebuild it
+            warnings.warn(f"{tok_dir} cannot be read ({type(e).__name__}); training the tokenizer again")
+    if tokenizer is None:
         rng = random.Random(spec.seed)
         corpus = [p + r for p, r, _ in training_texts(problems[: spec.tokenizer_corpus], rng)]
         tokenizer = train_tokenizer(corpus, spec.tokenizer_vocab)
         if len(tokenizer) > spec.vocab_size:
             raise VerilensError(f"tokenizer has {len(tokenizer)} tokens > vocab_size {spec.vocab_size}")
-        tokenizer.save_pretrained(tok_dir)
+        tmp_dir = tok_dir.with_name(tok_dir.name + ".tmp")  # the folder appears whole or not at all
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        tokenizer.save_pretrained(tmp_dir)
+        shutil.rmtree(tok_dir, ignore_errors=True)
+        os.replace(tmp_dir, tok_dir)
 
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = Qwen2ForCausalLM(qwen2_config(spec, tokenizer)).to(device)
@@ -103,10 +128,13 @@ def train(out_dir, spec: TinySpec | None = None, checkpoint_every: int = 50, thr
         [{"params": decay, "weight_decay": spec.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=spec.lr, betas=(0.9, 0.98),
     )
-    ckpt = out / "checkpoint.pt"
     step, log = 0, []
     if ckpt.exists():
-        state = torch.load(ckpt, weights_only=False, map_location=device)
+        try:  # written atomically, so damage comes from outside (a full disk, a bad copy): never guess
+            state = torch.load(ckpt, weights_only=False, map_location=device)
+        except Exception as e:
+            raise VerilensError(f"{ckpt} is damaged ({type(e).__name__}: {str(e)[:80]}); restore it, or delete it "
+                                "to train from step 0") from e
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         step, log = state["step"], state["log"]
@@ -147,7 +175,7 @@ def train(out_dir, spec: TinySpec | None = None, checkpoint_every: int = 50, thr
                  "torch_rng": torch.get_rng_state()},
                 ckpt,
             )
-            (out / "log.json").write_text(json.dumps(log))
+            _atomic_write_text(out / "log.json", json.dumps(log))
     bar.close()
     if step < spec.steps:
         return None
@@ -167,8 +195,6 @@ def save_model(model, tokenizer, path, spec: TinySpec | None = None) -> Path:
     if spec is not None:
         (tmp / "verilens_spec.json").write_text(json.dumps(asdict(spec), indent=1))
     if path.exists():
-        import shutil
-
         shutil.rmtree(path)
     os.replace(tmp, path)
     return path
