@@ -39,6 +39,7 @@ def baseline(tmp_path_factory):
     return d, other, time.perf_counter() - t0, report(d / "full")
 
 
+@pytest.mark.slow  # 50-70 s each on a shared 2-core machine
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
 def test_stopped_then_rerun_equals_uninterrupted(baseline, sig):
     d, other, wall, want = baseline
