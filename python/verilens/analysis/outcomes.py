@@ -11,7 +11,20 @@ Outcomes of a continuation:
 - mix: "not" plus a give-away ("<answer>", "so the answer is", "equals", "Wait",
   "That works"), or no verdict at all;
 - partial (general reasoning models, `partial=True`): it rejects ("not") and then
-  corrects itself ("Wait", "That works", "this works")."""
+  corrects itself ("Wait", "That works", "this works").
+
+`classify_authors` is the rule of the authors' released code, which `--paper-settings`
+reports first; every table holds both (`by_rule`). Why verilens' rule stays the default:
+its "success" is exact (the continuation is a rejection and nothing but more arithmetic),
+case-insensitive and ordered (the first verdict decides), so the success rate it reports
+is a lower bound on "verification disabled". The authors' rule makes "success" the
+catch-all for any continuation holding the substring "not" ("nothing", "cannot" too) that
+has no "<answer>" / "this works" / "correct": "(not 64 - this is actually 64)\nSo, the
+equation that equals 64 is ..." is a success for it, and whether a give-away counts depends
+on where the 30 tokens end ("<answer" cut before ">" does not). Its "mix" holds only
+continuations made of a dozen listed words, so one extra word ("Therefore") turns a mix
+into a success. verilens' rule in turn calls "(not 48, but close, let's try another
+combination)" a mix, which undercounts; the two side by side bracket the rate."""
 from __future__ import annotations
 
 import re
@@ -21,6 +34,7 @@ import torch
 from ..hooks import interventions as iv
 
 STOPS = ["\n\n"]  # a continuation ends at a blank line (or EOS)
+RULES = ("verilens", "authors")
 
 GIVE_AWAYS = ("<answer>", "so the answer is", "equals", "wait", "that works", "this works")
 CORRECTIONS = ("wait", "that works", "this works", "actually")
@@ -45,16 +59,83 @@ def classify(continuation: str, partial: bool = False) -> str:
     return "success" if _CLEAN.fullmatch(text.replace("not", "")) else "mix"
 
 
+# The authors' rule (mech_interp.sync.py run(), lines 353-415; for general reasoning
+# models postprocess_qwen_gens.py, lines 27-99): words are found by one regex, digits
+# never count, and every test is case-sensitive, as theirs.
+_AUTHORS_WORDS = re.compile(r"\d+|<\w+>|[A-Za-z_]+|[()+\-*/=]")
+_AUTHORS_CLEAN = frozenset({"+", "-", "*", "/", "=", "(", ")", "not"})
+_AUTHORS_EXTRAS = frozenset({"so", "the", "answer", "is", "<answer>", "</answer>", "</think>", "So", "equation",
+                             "that", "equals", "think"})  # "</answer>" and "</think>" never match their regex
+
+
+def classify_authors(continuation: str, partial: bool = False) -> str:
+    """The authors' outcome of a continuation, exactly as their code decides it:
+    "success" | "mix" | "fail" | "unknown" (no class: it counts in the total only).
+
+    With `partial` (general reasoning models) the rule of their postprocess_qwen_gens.py:
+    "this works" is no longer checked first, a rejection followed by "Wait" or "That works"
+    is a give-away too, a rejection with other words and no give-away is "unknown" (not
+    "success"), and their "mix" counter, which they print as "Partial", is "partial"."""
+    text = continuation
+    words = {w for w in _AUTHORS_WORDS.findall(text) if not w[0].isdigit()}
+    mix = "partial" if partial else "mix"
+    if not partial and "this works" in text:
+        return "fail"
+    if words <= _AUTHORS_CLEAN:
+        return "success"  # also the empty continuation, and one of numbers only
+    if words <= _AUTHORS_CLEAN | _AUTHORS_EXTRAS:
+        return mix
+    if "not" in text and "correct" in text:
+        return "success" if "not correct" in text else mix
+    give_aways = ("this works", "<answer>", "Wait", "That works") if partial else ("<answer>",)
+    if "not" in text and any(g in text for g in give_aways):
+        return mix
+    if partial:
+        return "fail" if "this works" in text else "unknown"
+    return "success" if "not" in text else "unknown"
+
+
+def label(continuation: str, rule: str = "verilens", partial: bool = False) -> str:
+    """The outcome of a continuation under `rule` ("verilens" or "authors")."""
+    if rule not in RULES:
+        raise ValueError(f"rule must be one of {RULES}, not {rule!r}")
+    return classify_authors(continuation, partial) if rule == "authors" else classify(continuation, partial)
+
+
 def outcome_table(labels) -> dict:
-    """Fractions and counts of each outcome."""
+    """Fractions and counts of each outcome (fractions of all continuations, "unknown"
+    included, as the authors' rates are)."""
     n = max(1, len(labels))
-    kinds = ["success", "mix", "fail"] + (["partial"] if "partial" in labels else [])
+    kinds = ["success", "mix", "fail"] + [k for k in ("partial", "unknown") if k in labels]
     return {**{k: labels.count(k) / n for k in kinds}, "counts": {k: labels.count(k) for k in kinds},
             "n": len(labels)}
 
 
+def authors_stop_ids(tokenizer) -> dict:
+    """The token ids the authors' generation loop stops at (mech_interp.sync.py
+    generate_hooked(), lines 148-151 and 204-218): the FIRST token of the encodings of
+    "\n", "\n\n" and ">\n\n" (without special tokens), and EOS."""
+    def first(s):
+        return tokenizer.encode(s, add_special_tokens=False)[0]
+
+    return {"eos": tokenizer.eos_token_id, "newline": first("\n"), "blank": first("\n\n"), "bracket": first(">\n\n")}
+
+
+def authors_stop(new_tokens, last_context_token: int, stop_ids: dict) -> int:
+    """How many generated tokens the authors' loop keeps: it ends at the first token that
+    is EOS, "\n\n" or ">\n\n" (by their ids), or "\n" right after "\n", and writes EOS
+    in its place (so the stop token itself is not in their continuation)."""
+    prev = last_context_token
+    for t, tok in enumerate(new_tokens):
+        if tok in (stop_ids["eos"], stop_ids["blank"], stop_ids["bracket"]) or \
+                (prev == stop_ids["newline"] and tok == stop_ids["newline"]):
+            return t
+        prev = tok
+    return len(new_tokens)
+
+
 def run_conditions(model, contexts, conditions, max_new_tokens=100, batch_size=32, partial=False, neurons=None,
-                   progress=False):
+                   progress=False, rule="verilens", stop="text"):
     """Continue every context greedily under each condition ({name: [interventions]},
     acting on the " (" steps). Returns {name: (outcome table, continuations)}.
 
@@ -62,7 +143,15 @@ def run_conditions(model, contexts, conditions, max_new_tokens=100, batch_size=3
     from that prefill. With `neurons` [(layer, index), ...], each table also holds
     `neuron_activation`: their mean GLU activation (hook_post) at the first " (" step of
     each continuation (the verdict step), under that condition; continuations that never
-    reach a " (" step are left out of it."""
+    reach a " (" step are left out of it.
+
+    Each table's outcomes are by `rule` ("verilens" or "authors", `label`); `by_rule`
+    holds the tables of both rules. `stop`: "text" ends a continuation at a blank line in
+    the text (STOPS) or EOS; "authors" at the authors' stop tokens (`authors_stop`): the
+    continuation runs to EOS and is cut where their loop would have stopped, which by
+    greedy decoding is the same text."""
+    if stop not in ("text", "authors"):
+        raise ValueError(f"stop must be 'text' or 'authors', not {stop!r}")
     from tqdm.auto import tqdm
 
     trigger = iv.at_token(" (")
@@ -73,6 +162,7 @@ def run_conditions(model, contexts, conditions, max_new_tokens=100, batch_size=3
     names = [f"blocks.{l}.mlp.hook_post" for l in by_layer]
     conts = {name: [] for name in conditions}
     acts = {name: [] for name in conditions}
+    stop_ids = authors_stop_ids(model.tokenizer) if stop == "authors" else None
     starts = range(0, len(contexts), batch_size)
     bar = tqdm(total=len(starts) * len(conditions), disable=not progress, leave=False)
     for s in starts:
@@ -82,14 +172,20 @@ def run_conditions(model, contexts, conditions, max_new_tokens=100, batch_size=3
         for name, ivs in conditions.items():
             bar.set_description(name)
             with model.intervene(*ivs, when=trigger):
-                out = model.generate(pre, max_new_tokens=max_new_tokens, stop=STOPS)
+                out = model.generate(pre, max_new_tokens=max_new_tokens, stop=STOPS if stop == "text" else None)
             gen, cache = out.new_tokens, out.cache
-            conts[name] += out.continuation
+            if stop == "text":
+                kept = [gen.shape[1]] * gen.shape[0]
+                conts[name] += out.continuation
+            else:
+                rows = gen.cpu().tolist()
+                kept = [authors_stop(row, int(ids[r, -1]), stop_ids) for r, row in enumerate(rows)]
+                conts[name] += [model.tokenizer.decode(row[:k], skip_special_tokens=True) for row, k in zip(rows, kept)]
             if cache is not None:
                 # step i is the pass whose last input token is gen[i - 1] (the context's last for i = 0)
                 last_in = torch.cat([ids[:, -1:], gen[:, :-1]], 1).cpu()
                 for r in range(gen.shape[0]):
-                    hits = (last_in[r] == paren).nonzero()
+                    hits = (last_in[r, : kept[r] + 1] == paren).nonzero()  # steps the run made
                     if len(hits):
                         i = int(hits[0])
                         acts[name] += [cache[f"blocks.{l}.mlp.hook_post"][r, i, idx] for l, idx in by_layer.items()]
@@ -97,7 +193,8 @@ def run_conditions(model, contexts, conditions, max_new_tokens=100, batch_size=3
     bar.close()
     res = {}
     for name in conditions:
-        table = outcome_table([classify(c, partial) for c in conts[name]])
+        by_rule = {r: outcome_table([label(c, r, partial) for c in conts[name]]) for r in RULES}
+        table = {**by_rule[rule], "rule": rule, "by_rule": by_rule}
         if names:
             table["neuron_activation"] = float(torch.cat(acts[name]).mean()) if acts[name] else None
         res[name] = (table, conts[name])
@@ -105,15 +202,17 @@ def run_conditions(model, contexts, conditions, max_new_tokens=100, batch_size=3
 
 
 def run_condition(model, contexts, interventions=(), max_new_tokens=100, batch_size=32, partial=False,
-                  neurons=None, progress=False):
+                  neurons=None, progress=False, rule="verilens", stop="text"):
     """One condition of `run_conditions`: (outcome table, continuations)."""
     return run_conditions(model, contexts, {"condition": list(interventions)}, max_new_tokens, batch_size, partial,
-                          neurons, progress)["condition"]
+                          neurons, progress, rule, stop)["condition"]
 
 
-def accepted_rate(continuations) -> float:
-    """Share of continuations whose first verdict is "this works" (steering of wrong attempts)."""
-    return sum(classify(c) == "fail" for c in continuations) / max(1, len(continuations))
+def accepted_rate(continuations, rule="verilens") -> float:
+    """Share of continuations that accept (outcome "fail" under `rule`: verilens', the
+    first verdict is "this works"; the authors', "this works" anywhere), for steering of
+    wrong attempts."""
+    return sum(label(c, rule) == "fail" for c in continuations) / max(1, len(continuations))
 
 
 def activation_drop(base: float | None, new: float | None) -> float | None:

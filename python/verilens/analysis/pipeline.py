@@ -84,6 +84,13 @@ class Settings:
 
 
 
+def _pooled(tables):
+    """The random sets' tables of one rule as one: mean fractions, summed counts."""
+    kinds = list(dict.fromkeys(k for t in tables for k in t["counts"]))  # a set may lack "unknown" or "partial"
+    return {**{k: sum(t.get(k, 0.0) for t in tables) / len(tables) for k in kinds},
+            "counts": {k: sum(t["counts"].get(k, 0) for t in tables) for k in kinds}, "n": sum(t["n"] for t in tables)}
+
+
 def _mean(values):
     """Mean of the known values (None where there are none)."""
     known = [v for v in values if v is not None]
@@ -217,7 +224,8 @@ def analyze(model, out, settings: Settings | None = None, problems_file=None, on
     top_heads = ranked[: settings.top_k_heads]
     random_sets = _random_head_sets(model, prev_heads, settings)
 
-    # 7. interventions
+    # 7. interventions; outcomes are scored by both rules, the run's rule first (outcomes.py)
+    rule, stop = ("authors", "authors") if settings.paper_settings else ("verilens", "text")
     ctx_texts = [c for c, _ in contexts]
     conditions = {
         "none": [],
@@ -232,7 +240,7 @@ def analyze(model, out, settings: Settings | None = None, problems_file=None, on
     def step_interventions():
         runs = outcomes.run_conditions(model, ctx_texts, {k: v for k, v in conditions.items() if v is not None},
                                        settings.intervention_tokens, settings.batch_size, settings.partial,
-                                       neurons=variant_b, progress=progress)
+                                       neurons=variant_b, progress=progress, rule=rule, stop=stop)
         res = {}
         for name, (table, conts) in runs.items():
             table["neuron_activation_drop"] = outcomes.activation_drop(runs["none"][0]["neuron_activation"],
@@ -246,29 +254,29 @@ def analyze(model, out, settings: Settings | None = None, problems_file=None, on
     attr = timed("attribution", lambda: attribution.verdict_attribution(model, ctx_texts))
     rand = [v for k, v in inter.items() if k.startswith("random_heads_")]
     if rand:
-        kinds = rand[0]["counts"].keys()
-        inter["random_heads"] = {**{k: sum(r[k] for r in rand) / len(rand) for k in kinds},
-                                 "counts": {k: sum(r["counts"][k] for r in rand) for k in kinds},
-                                 "n": sum(r["n"] for r in rand), "seeds": len(rand),
+        inter["random_heads"] = {**_pooled(rand), "seeds": len(rand),
                                  # a set either holds a head the verdict needs or not, so the sets'
                                  # rates are near 0 or near 1 and their mean needs many sets
                                  "success_sem": (torch.tensor([r["success"] for r in rand]).std().item()
                                                  / len(rand) ** 0.5 if len(rand) > 1 else None),
-                                 "neuron_activation_drop": _mean([r["neuron_activation_drop"] for r in rand])}
+                                 "neuron_activation_drop": _mean([r["neuron_activation_drop"] for r in rand]),
+                                 "rule": rule, "by_rule": {name: _pooled([r["by_rule"][name] for r in rand])
+                                                           for name in outcomes.RULES}}
 
     # 8. the subspace, causally
     def step_subspace():
         dirs = {l: W[l].T for l in settings.project_layers}  # both class vectors of each layer
         proj, _ = outcomes.run_condition(model, ctx_texts, [iv.project_out(dirs, settings.project_layers)],
-                                         settings.intervention_tokens, settings.batch_size, settings.partial)
+                                         settings.intervention_tokens, settings.batch_size, settings.partial,
+                                         rule=rule, stop=stop)
         wrong = [c for c, _ in wrong_contexts(traces, settings.n_contexts)]
         norm = float(pr["site_norm"][settings.steer_layers].mean())
         alphas = settings.steer_alphas or [round(f * norm, 3) for f in (0.5, 1.0, 2.0)]
         vec = {l: W[l, :, 1] / W[l, :, 1].norm() for l in settings.steer_layers}
         steered = {"baseline": [], **{str(a): [iv.steer(vec, settings.steer_layers, alpha=a)] for a in alphas}}
-        runs = outcomes.run_conditions(model, wrong, steered, settings.intervention_tokens, settings.batch_size) \
-            if wrong else {k: (None, []) for k in steered}
-        rate = {k: outcomes.accepted_rate(conts) for k, (_, conts) in runs.items()}
+        runs = outcomes.run_conditions(model, wrong, steered, settings.intervention_tokens, settings.batch_size,
+                                       rule=rule, stop=stop) if wrong else {k: (None, []) for k in steered}
+        rate = {k: outcomes.accepted_rate(conts, rule) for k, (_, conts) in runs.items()}
         return {"projection": {"layers": settings.project_layers, **proj},
                 "steering": {"layers": settings.steer_layers, "baseline_accepted": rate.pop("baseline"),
                              "n": len(wrong), "by_alpha": {a: {"accepted": r, "n": len(wrong)} for a, r in rate.items()}}}

@@ -18,7 +18,7 @@ PUBLISHED_3B = {
     "prev_token_heads": (96.0, 3.7, 0.3),
     "top3_heads": (95.3, 4.7, 0.0),
 }
-KINDS = ("success", "mix", "fail", "partial")
+KINDS = ("success", "mix", "fail", "partial", "unknown")
 
 
 def _atomic_write(path: Path, data: bytes | str) -> None:
@@ -82,10 +82,10 @@ def make_figures(report: dict, fig_dir: Path) -> dict:
     names = _main_conditions(inter)
     fig, ax = plt.subplots(figsize=(7, 0.5 + 0.45 * len(names)))
     left = np.zeros(len(names))
-    colors = {"success": "#2a9d8f", "mix": "#e9c46a", "fail": "#e76f51", "partial": "#8ab17d"}
+    colors = {"success": "#2a9d8f", "mix": "#e9c46a", "fail": "#e76f51", "partial": "#8ab17d", "unknown": "#999999"}
     for kind in KINDS:
         vals = np.array([inter[n].get(kind, 0.0) for n in names])
-        if kind == "partial" and not vals.any():
+        if kind in ("partial", "unknown") and not vals.any():
             continue
         ax.barh(names, vals, left=left, color=colors[kind], label=kind)
         left += vals
@@ -110,22 +110,40 @@ def make_figures(report: dict, fig_dir: Path) -> dict:
     return out
 
 
+RULE_NAMES = {"verilens": "verilens' rule", "authors": "the authors' rule"}
+
+
+def _rates(t: dict) -> str:
+    """success / mix / fail in %, then partial and unknown where there are any."""
+    out = " / ".join(f"{100 * t.get(x, 0):.1f}" for x in ("success", "mix", "fail"))
+    extra = ", ".join(f"{100 * t[x]:.1f} {x}" for x in ("partial", "unknown") if t.get(x))
+    return out + (f" ({extra})" if extra else "")
+
+
 def _table_html(report: dict) -> str:
     inter = report["interventions"]
     k = report["settings"]["top_k_heads"]
+    rule = inter["none"].get("rule", "verilens")
+    rules = [rule] + [r for r in RULE_NAMES if r != rule]  # the run's rule first, then the other
     rows = []
     for name in _main_conditions(inter):
         t = inter[name]
         pub = PUBLISHED_3B.get("top3_heads" if name == f"top{k}_heads" and k == 3 else name)
-        ours = " / ".join(f"{100 * t.get(x, 0):.1f}" for x in ("success", "mix", "fail"))
+        ours = "".join(f"<td>{_rates(t.get('by_rule', {}).get(r, t if r == rule else {}))}</td>" for r in rules)
         theirs = " / ".join(f"{x:.1f}" for x in pub) if pub else "—"
         drop = t.get("neuron_activation_drop")
         drop = f"{100 * drop:.0f} %" if drop is not None else "—"
-        rows.append(f"<tr><td>{html.escape(name)}</td><td>{t['n']}</td><td>{ours}</td><td>{theirs}</td>"
+        rows.append(f"<tr><td>{html.escape(name)}</td><td>{t['n']}</td>{ours}<td>{theirs}</td>"
                     f"<td>{drop}</td></tr>")
-    return ("<table><tr><th>intervention</th><th>contexts</th><th>this model: success / mix / fail (%)</th>"
+    heads = "".join(f"<th>this model, {RULE_NAMES[r]}{' (this run)' if r == rule else ''}: success / mix / fail (%)"
+                    "</th>" for r in rules)
+    return (f"<table><tr><th>intervention</th><th>contexts</th>{heads}"
             "<th>published 3B: success / mix / fail (%)</th><th>verification neurons' activation drop at"
-            " \" (\"</th></tr>" + "".join(rows) + "</table>")
+            " \" (\"</th></tr>" + "".join(rows) + "</table>"
+            "<p>Outcome rules (docs/analysis.md): verilens' counts a success only when the continuation is a "
+            "rejection and nothing but more arithmetic; the authors' (their released code, case-sensitive) counts "
+            "any other continuation holding \"not\" without \"&lt;answer&gt;\" or \"this works\" as a success, "
+            "and has a class \"unknown\" that counts only in the total.</p>")
 
 
 def _attribution_html(report: dict) -> str:
@@ -139,6 +157,16 @@ def _attribution_html(report: dict) -> str:
             f"up to it exactly). Writing is not needing: the ablations above say which components the verdict needs.</p>"
             "<table><tr><th>layer</th><th>attention</th><th>MLP</th><th>largest heads</th></tr>" + rows
             + f"</table><p>Largest GLU neurons: {neurons}.</p>")
+
+
+def _probe_note(report: dict) -> str:
+    """Which probe the run uses (probe.pt, GLU selection, projection, steering)."""
+    if report.get("probe_position") == "before_marker":
+        return ("This run uses the probe on the token before \" (\" (the claim's last token), where the authors' "
+                "released code reads it (--paper-settings); the probe at \" (\", as the paper's text says, is shown "
+                "beside it.")
+    return ("This run uses the probe at \" (\", as the paper's text says; the authors' released code reads the token "
+            "before it (the claim's last token), shown beside it.")
 
 
 def make_html(report: dict, figures: dict) -> str:
@@ -159,7 +187,7 @@ Traces: {tr['n']} generations, {tr['both_verdicts']} with both verdicts, {tr['si
 ({tr['valid_sites']} valid, {tr['invalid_sites']} invalid); {report['n_contexts']} intervention contexts.</p>
 <h2>Interventions</h2><p>Top channel-score heads: {heads}.</p>{_table_html(report)}{img('interventions')}
 <h2>Who writes the verdict</h2>{_attribution_html(report)}
-<h2>Probe</h2>{img('probe_accuracy')}
+<h2>Probe</h2><p>{_probe_note(report)}</p>{img('probe_accuracy')}
 <h2>Heads</h2>{img('density')}{img('channel_scores')}
 <h2>Logit lens</h2>{img('logit_lens')}
 <h2>The subspace, causally</h2>
