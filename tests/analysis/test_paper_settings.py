@@ -6,9 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 import verilens
-from authors_reference import generate_hooked, postprocess_label, run_label, run_rates
+from authors_reference import (_get_occurrence_idxs, generate_hooked, postprocess_label, recorded_sites, run_label,
+                               run_rates, target_density, train_online)
 from verilens.analysis.outcomes import classify, classify_authors, outcome_table, run_conditions
 from verilens.analysis.report import PUBLISHED_3B, RULE_NAMES
 from verilens.hooks import interventions as iv
@@ -155,3 +157,159 @@ def test_their_generation_loop_on_smollm2(smollm2_dir):
     smol = verilens.load(smollm2_dir)
     _their_loop_on_model(smol, [(3, 1), (10, 4), (20, 7)], 30)
 
+
+# ------------------------------------------------------------------ 3. previous-token head keys
+
+
+def _boundary_clean(model, ctx, target):
+    """The target never touches another digit before the attempts: their token match and
+    verilens' digit-boundary match find the same occurrences."""
+    import re
+
+    head = ctx[: ctx.find(" Let's try different")]
+    return len(re.findall(str(target), head)) == len(re.findall(rf"(?<!\d){target}(?!\d)", head))
+
+
+def _density_on_model(model, n=12):
+    from verilens.analysis.heads import target_attention_density
+    from verilens.analysis.traces import Trace, correct_contexts
+    from verilens.countdown import generate_problems, prompt, write_trace
+
+    traces = [Trace(p, prompt(p), write_trace(p, i, max_failed=2)) for i, p in enumerate(generate_problems(n, 7))]
+    pairs = [(c, t) for c, t in correct_contexts(traces) if _boundary_clean(model, c, t)][:6]
+    assert len(pairs) >= 3 and any(t >= 10 for _, t in pairs)  # multi-token targets, where the keys differ
+    ctx, tg = [c for c, _ in pairs], [t for _, t in pairs]
+    names = [f"blocks.{l}.attn.hook_pattern" for l in range(model.cfg.n_layers)]
+    patterns, ids = [], []
+    for c in ctx:  # one at a time, unpadded: the oracle's own indexing
+        x = model.tokenizer(c, return_tensors="pt")["input_ids"][0]
+        _, cache = model.run_with_cache(c, names_filter=names, positions="last")
+        patterns.append(torch.stack([cache[n][0, :, 0] for n in names]))  # [layers, heads, seq]
+        ids.append(x)
+    theirs = target_density(patterns, ids, tg, model.tokenizer)
+    ours = target_attention_density(model, ctx, tg, batch_size=4, keys="last")  # batched, left-padded
+    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
+    every = target_attention_density(model, ctx, tg, batch_size=4)  # verilens' default: every token
+    assert (every >= ours - 1e-6).all() and (every - ours).abs().max() > 1e-3
+
+
+def test_head_keys_are_theirs_on_tiny(tiny):
+    _density_on_model(tiny)
+
+
+@pytest.mark.slow
+def test_head_keys_are_theirs_on_smollm2(smollm2_dir):
+    _density_on_model(verilens.load(smollm2_dir))
+
+
+def test_head_keys_keep_digit_boundaries(tiny):
+    """Where the target sits inside another number (4 in 14) their token match counts it;
+    verilens does not, and otherwise keeps exactly their keys."""
+    from verilens.analysis.heads import target_key_positions
+    from verilens.countdown import Problem, prompt, write_trace
+
+    p = Problem([14, 5, 3, 2], 4)  # 14 - 5 - 3 - 2; the 4 of 14 matches their token search
+    text = prompt(p) + write_trace(p, 0, max_failed=1)
+    ids = torch.tensor(tiny.tokenizer(text)["input_ids"])
+    cut = _get_occurrence_idxs(ids, torch.tensor(tiny.tokenizer(" Let's try different", add_special_tokens=False)
+                                                 ["input_ids"]))[0]
+    theirs = set(_get_occurrence_idxs(ids[:cut], torch.tensor(tiny.tokenizer("4", add_special_tokens=False)
+                                                              ["input_ids"])).tolist())
+    ours = set(target_key_positions(tiny, text, 4, keys="last"))
+    assert ours < theirs
+    assert all(tiny.tokenizer.decode(ids[i - 1:i]).strip().isdigit() or tiny.tokenizer.decode(ids[i + 1:i + 2])
+               .strip()[:1].isdigit() for i in theirs - ours)
+
+
+# ------------------------------------------------------------------ 2. the probe's token
+
+
+def _their_probe_token_on_model(model, n=4):
+    """Their recording (hooks during generate(), indexed as src/probe.py does) holds, at
+    each site, verilens' activation at the token BEFORE " (", not the one at " ("."""
+    from dataclasses import replace
+
+    from verilens.analysis.traces import Trace, site_activations, verdict_sites
+    from verilens.countdown import generate_problems, prompt, write_trace
+
+    probs = generate_problems(n, seed=5)
+    traces = [Trace(p, prompt(p), write_trace(p, i, max_failed=2)) for i, p in enumerate(probs)]
+    tok = model.tokenizer
+    full = [tok(t.text)["input_ids"] for t in traces]
+    plen = [len(tok(t.prompt)["input_ids"]) for t in traces]
+    assert all(f[:k] == tok(t.prompt)["input_ids"] for f, k, t in zip(full, plen, traces))
+    forced = [f[k:] + [tok.eos_token_id] for f, k in zip(full, plen)]
+    M = max(map(len, forced))
+    ids, mask = model.tokenize([t.prompt for t in traces])
+    P = ids.shape[1]
+
+    def allowed(b, x):  # greedy decoding forced along the synthetic trace (so every row has both verdicts)
+        i = x.shape[0] - P
+        return [forced[b][i] if i < len(forced[b]) else tok.eos_token_id]
+
+    theirs, _ = recorded_sites(model.hf_model, ids, mask, M, tok, prefix_allowed_tokens_fn=allowed)
+    sites = verdict_sites(model, traces)
+    at = site_activations(model, traces, sites, progress=False)
+    before = site_activations(model, traces, [replace(s, token=s.token - 1) for s in sites], progress=False)
+    keys = [(s.trace, s.token - plen[s.trace]) for s in sites]
+    assert set(keys) == set(theirs) and len(keys) >= 2 * n
+    for j, key in enumerate(keys):
+        torch.testing.assert_close(theirs[key].float(), before[j], rtol=1e-3, atol=1e-3)
+        assert not torch.allclose(theirs[key].float(), at[j], rtol=1e-3, atol=1e-3)
+
+
+def test_their_probe_token_on_tiny(tiny):
+    _their_probe_token_on_model(tiny)
+
+
+@pytest.mark.slow
+def test_their_probe_token_on_smollm2(smollm2_dir):
+    _their_probe_token_on_model(verilens.load(smollm2_dir))
+
+
+# ------------------------------------------------------------------ 4. their online probe training
+
+
+def _online_training_on_model(model, n=36):
+    """probes.train_probes_online is their loop (one step per batch of prompts, batches
+    without a site skipped, gradients never zeroed, evaluation every `eval_every` batch
+    indices, patience on the layer-mean validation loss, the best probe kept), on the same
+    prompts, split and initial weights; verilens' default trainer gives another probe."""
+    from dataclasses import replace
+
+    from verilens.analysis.probes import online_split, train_probes, train_probes_online
+    from verilens.analysis.traces import Trace, site_activations, verdict_sites
+    from verilens.countdown import generate_problems, prompt, write_trace
+
+    # every third trace has no failed attempt, hence no site: some batches are skipped
+    traces = [Trace(p, prompt(p), write_trace(p, i, max_failed=0 if i % 3 == 0 else 2))
+              for i, p in enumerate(generate_problems(n, seed=9))]
+    sites = verdict_sites(model, traces)
+    acts = site_activations(model, traces, [replace(s, token=s.token - 1) for s in sites], progress=False)
+    labels, prompt_of = torch.tensor([s.label for s in sites]), torch.tensor([s.trace for s in sites])
+    kw = dict(batch_prompts=2, val_prompts=8, eval_every=3, patience=2, seed=1, lr=1e-2)
+    L, d = model.cfg.n_layers, model.cfg.d_model
+    W0 = torch.randn(L, d, 2, generator=torch.Generator().manual_seed(0)) / d ** 0.5
+    ours = train_probes_online(acts, labels, prompt_of, n, init=W0, **kw)
+
+    val, batches = online_split(n, 2, 8, seed=1)
+    assert any(not torch.isin(prompt_of, torch.tensor(b)).any() for b in batches)  # a skipped batch
+
+    def block(prompts):
+        rows = [j for j, s in enumerate(sites) if s.trace in prompts]
+        return (acts[rows].permute(1, 0, 2), labels[rows].tolist()) if rows else None
+
+    W, acc = train_online(W0, [block(b) for b in batches], block(val), eval_interval=3, patience=2, lr=1e-2)
+    torch.testing.assert_close(ours.W, W, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(torch.tensor(ours.val_accuracy), acc.float(), rtol=0, atol=1e-6)
+    default = train_probes(acts, labels, prompt_of, seed=1, lr=1e-2, patience=2, eval_every=3, batch_generations=2)
+    assert not torch.allclose(default.W, ours.W)
+
+
+def test_online_probe_training_on_tiny(tiny):
+    _online_training_on_model(tiny)
+
+
+@pytest.mark.slow
+def test_online_probe_training_on_smollm2(smollm2_dir):
+    _online_training_on_model(verilens.load(smollm2_dir), n=24)

@@ -16,9 +16,18 @@ from ..errors import VerilensError
 ATTEMPTS_START = " Let's try different"
 
 
-def target_key_positions(model, text: str, target: int) -> list[int]:
+def target_key_positions(model, text: str, target: int, keys: str = "all") -> list[int]:
     """Token indices (in model.tokenize(text) without padding) of every occurrence of the
-    target number before the attempts begin."""
+    target number before the attempts begin.
+
+    keys="all": every token of each occurrence (verilens' default: the whole number is
+    what a head reads). keys="last": only the token holding each occurrence's last
+    character, as the authors' code keeps the last token of each match
+    (mech_interp.sync.py _get_occurrence_idxs, lines 446-452); --paper-settings. Both
+    match the number on digit boundaries (their token match does not: a target 4 also
+    matches the 4s of 44)."""
+    if keys not in ("all", "last"):
+        raise VerilensError(f"keys must be 'all' or 'last', not {keys!r}")
     # the last problem's turn: an in-context prompt (countdown.icl_prompt) holds solved
     # examples before it, whose numbers must not count
     cut = text.rfind(ATTEMPTS_START)
@@ -27,16 +36,22 @@ def target_key_positions(model, text: str, target: int) -> list[int]:
     head = text[:cut]
     enc = model.tokenizer(text, return_offsets_mapping=True, add_special_tokens=True)
     spans = [(m.start() + start, m.end() + start) for m in re.finditer(rf"(?<!\d){int(target)}(?!\d)", head[start:])]
+    offsets = enc["offset_mapping"]
+    if keys == "last":
+        return sorted({i for a, b in spans for i, (s, e) in enumerate(offsets) if s <= b - 1 < e})
     out = []
-    for i, (s, e) in enumerate(enc["offset_mapping"]):
+    for i, (s, e) in enumerate(offsets):
         if e > s and any(s < b and e > a for a, b in spans):
             out.append(i)
     return out
 
 
 @torch.no_grad()
-def target_attention_density(model, contexts, targets, batch_size: int = 16) -> torch.Tensor:
-    """[n_layers, n_heads] mean attention from the last position to the target's tokens."""
+def target_attention_density(model, contexts, targets, batch_size: int = 16, keys: str = "all") -> torch.Tensor:
+    """[n_layers, n_heads] mean attention from the last position to the target's tokens
+    (`keys`: all of them, or the last of each occurrence; `target_key_positions`), averaged
+    over every context (the authors' loop keeps only its last batch's list, a bug not
+    reproduced)."""
     if len(contexts) != len(targets) or not contexts:
         raise VerilensError("need one target per context, and at least one context")
     L, H = model.cfg.n_layers, model.cfg.n_heads
@@ -48,11 +63,11 @@ def target_attention_density(model, contexts, targets, batch_size: int = 16) -> 
         _, cache = model.run_with_cache(list(texts), names_filter=names, positions="last")
         pad = (mask == 0).sum(1)  # left padding shifts each row's token indices
         for r, (t, target) in enumerate(zip(texts, tg)):
-            keys = [int(pad[r]) + k for k in target_key_positions(model, t, target)]
-            if not keys:
+            at = [int(pad[r]) + k for k in target_key_positions(model, t, target, keys)]
+            if not at:
                 raise VerilensError(f"context {s + r}: the target {target} does not occur before the attempts")
             for l in range(L):
-                total[l] += cache["pattern", l][r, :, 0, keys].sum(-1).float().cpu()
+                total[l] += cache["pattern", l][r, :, 0, at].sum(-1).float().cpu()
     return total / len(contexts)
 
 

@@ -60,9 +60,12 @@ class Settings:
     @classmethod
     def paper(cls, **kw) -> "Settings":
         """The authors' exact choices (for a 36-layer model)."""
+        # the authors' code (docs/analysis.md, "--paper-settings"): traces of 200 tokens (src/probe.py
+        # max_response_length); continuations of 30 tokens: run() says 100, but every continuation
+        # their notebook prints, from which the published table comes, is 30 tokens long
         base = dict(glu_layers=list(range(18, 36)), glu_top_k=50, glu_top_n=200, head_threshold=0.1, head_top=50,
-                    top_k_heads=3, n_contexts=300, intervention_tokens=100, steer_layers=list(range(24, 36)),
-                    steer_alphas=[20.0], paper_settings=True)
+                    top_k_heads=3, n_contexts=300, max_new_tokens=200, intervention_tokens=30,
+                    steer_layers=list(range(24, 36)), steer_alphas=[20.0], paper_settings=True)
         return cls(**{**base, **kw})
 
     def resolved(self, model) -> "Settings":
@@ -149,7 +152,12 @@ def analyze(model, out, settings: Settings | None = None, problems_file=None, on
     check_sites(sites, traces)
     trace_stats = _trace_stats(traces, sites)
 
-    # 2. probes
+    # 2. probes. The paper's text reads the verdict at " ("; the authors' src/probe.py records
+    # activations during generate() and indexes them one position off, so their probe (and with
+    # it their GLU selection and steering) reads the token before " (": --paper-settings uses
+    # that one. Both accuracies are reported either way.
+    before_marker = settings.paper_settings
+
     def step_probes():
         # the verdict tokens and, for the probes one token earlier (the claimed value's last
         # token: a model may compute the verdict there and move it to " (" only in its last
@@ -161,13 +169,19 @@ def analyze(model, out, settings: Settings | None = None, problems_file=None, on
         labels = torch.tensor([s.label for s in sites])
         gen = torch.tensor([s.trace for s in sites])
         if given_probe is not None:
-            acc = (torch.einsum("nld,ldc->nlc", acts, given_probe).argmax(-1) == labels[:, None]).float().mean(0)
-            return {"W": given_probe, "val_accuracy": acc, "train_accuracy": acc, "site_norm": acts.norm(dim=-1).mean(0),
-                    "n_train": torch.tensor(0), "n_val": torch.tensor(len(gen.unique()))}
-        res = probes.train_probes(acts, labels, gen, seed=settings.seed)
-        res_b = probes.train_probes(acts_b, labels, gen, seed=settings.seed)
-        return {"W": res.W, "val_accuracy": torch.tensor(res.val_accuracy),
-                "train_accuracy": torch.tensor(res.train_accuracy), "site_norm": acts.norm(dim=-1).mean(0),
+            acc, acc_b = [(torch.einsum("nld,ldc->nlc", x, given_probe).argmax(-1) == labels[:, None]).float().mean(0)
+                          for x in (acts, acts_b)]
+            return {"W": given_probe, "val_accuracy": acc, "train_accuracy": acc_b if before_marker else acc,
+                    "site_norm": acts.norm(dim=-1).mean(0), "n_train": torch.tensor(0),
+                    "n_val": torch.tensor(len(gen.unique())), "val_accuracy_before": acc_b}
+        if settings.paper_settings:  # their src/probe.py loop (probes.train_probes_online)
+            res, res_b = [probes.train_probes_online(x, labels, gen, len(traces), seed=settings.seed)
+                          for x in (acts, acts_b)]
+        else:
+            res, res_b = [probes.train_probes(x, labels, gen, seed=settings.seed) for x in (acts, acts_b)]
+        used = res_b if before_marker else res
+        return {"W": used.W, "val_accuracy": torch.tensor(res.val_accuracy),
+                "train_accuracy": torch.tensor(used.train_accuracy), "site_norm": acts.norm(dim=-1).mean(0),
                 "n_train": torch.tensor(res.n_train), "n_val": torch.tensor(res.n_val),
                 "val_accuracy_before": torch.tensor(res_b.val_accuracy)}
 
@@ -207,7 +221,8 @@ def analyze(model, out, settings: Settings | None = None, problems_file=None, on
 
     def step_heads():
         dens = heads.target_attention_density(model, [c for c, _ in contexts], [t for _, t in contexts],
-                                              batch_size=max(1, settings.batch_size // 2))
+                                              batch_size=max(1, settings.batch_size // 2),
+                                              keys="last" if settings.paper_settings else "all")
         return {"density": dens}
 
     density = timed("heads", step_heads)["density"]
@@ -293,6 +308,8 @@ def analyze(model, out, settings: Settings | None = None, problems_file=None, on
         # validation accuracy of probes trained on the token before " (" (the claim's last token)
         "probe_accuracy_before_marker": [float(x) for x in pr["val_accuracy_before"]] if "val_accuracy_before" in pr
         else None,
+        # which of the two probes probe.pt holds and the GLU selection, projection and steering use
+        "probe_position": "before_marker" if before_marker else "marker",
         "probe_class_cosine": [float(x) for x in class_cos],
         "probe_generations": {"train": int(pr["n_train"]), "val": int(pr["n_val"])},
         "glu": {"glu_valid": glu_valid, "glu_invalid": glu_invalid, "variant_b": sel["variant_b"]},
