@@ -20,6 +20,8 @@
 import pytest
 import torch
 
+from verilens import VerilensError
+
 from verilens import get_act_name
 
 from _tl_compat import Slice
@@ -187,7 +189,9 @@ def test_logit_attrs_works_for_all_input_shapes(smollm2):
         tokens=answer_tokens[batch, 0],
         incorrect_tokens=answer_tokens[batch, 1],
     )
-    assert torch.isclose(ref_logit_diffs[:, batch], logit_diffs).all()
+    # verilens: isclose's default atol=1e-8 is below float32 rounding for a value near zero here
+    # (-0.0031, off by ~1e-6 from the reference's summation order), so every check here takes atol=1e-5
+    assert torch.isclose(ref_logit_diffs[:, batch], logit_diffs, atol=1e-5).all()
 
     # Single token (int)
     batch = -1
@@ -198,7 +202,7 @@ def test_logit_attrs_works_for_all_input_shapes(smollm2):
         tokens=int(answer_tokens[batch, 0]),
         incorrect_tokens=int(answer_tokens[batch, 1]),
     )
-    assert torch.isclose(ref_logit_diffs[:, batch], logit_diffs).all()
+    assert torch.isclose(ref_logit_diffs[:, batch], logit_diffs, atol=1e-5).all()
 
     # Single token (str)
     batch = -1
@@ -209,7 +213,7 @@ def test_logit_attrs_works_for_all_input_shapes(smollm2):
         tokens=model.to_string(answer_tokens[batch, 0]),
         incorrect_tokens=model.to_string(answer_tokens[batch, 1]),
     )
-    assert torch.isclose(ref_logit_diffs[:, batch], logit_diffs).all()
+    assert torch.isclose(ref_logit_diffs[:, batch], logit_diffs, atol=1e-5).all()
 
     # Single token and residual stack without batch dim
     batch = -1
@@ -221,7 +225,7 @@ def test_logit_attrs_works_for_all_input_shapes(smollm2):
         tokens=answer_tokens[batch, 0],
         incorrect_tokens=answer_tokens[batch, 1],
     )
-    assert torch.isclose(ref_logit_diffs[:, batch], logit_diffs).all()
+    assert torch.isclose(ref_logit_diffs[:, batch], logit_diffs, atol=1e-5).all()
 
     # Array slice of tokens
     batch = [2, 5, 7]
@@ -232,10 +236,11 @@ def test_logit_attrs_works_for_all_input_shapes(smollm2):
         tokens=answer_tokens[batch, 0],
         incorrect_tokens=answer_tokens[batch, 1],
     )
-    assert torch.isclose(ref_logit_diffs[:, batch], logit_diffs).all()
+    assert torch.isclose(ref_logit_diffs[:, batch], logit_diffs, atol=1e-5).all()
 
     # Different shape for tokens and incorrect_tokens
-    with pytest.raises(ValueError):
+    # verilens: its one error type, VerilensError (TransformerLens: ValueError)
+    with pytest.raises(VerilensError):
         cache.logit_attrs(
             accumulated_residual[:, batch, :],
             has_batch_dim=False,
@@ -497,7 +502,8 @@ def test_remove_batch_dim_fails_if_batch_gt_1(smollm2):
     _, cache = model.run_with_cache(tokens)
 
     assert cache.has_batch_dim
-    with pytest.raises(AssertionError):
+    # verilens: a VerilensError naming the batch size (TransformerLens: a bare AssertionError)
+    with pytest.raises(VerilensError):
         cache.remove_batch_dim()
 
 
@@ -780,12 +786,15 @@ def test_stack_neuron_results_project_output_onto_matches_unprojected(smollm2):
     expected_1d = full @ direction
     projected_1d = cache.stack_neuron_results(layer, pos_slice=-1, project_output_onto=direction)
     assert projected_1d.shape == expected_1d.shape
-    assert torch.allclose(projected_1d, expected_1d, atol=1e-5)
+    # verilens: TransformerLens' atol=1e-5 assumes GPT-2-sized neuron writes; SmolLM2's reach ~70,
+    # where float32 rounding of either order is ~1e-4 (both are that far from a float64 product)
+    atol = 1e-5 * max(1.0, float(full.abs().max()))
+    assert torch.allclose(projected_1d, expected_1d, atol=atol)
     # 2D
     expected_2d = full @ directions
     projected_2d = cache.stack_neuron_results(layer, pos_slice=-1, project_output_onto=directions)
     assert projected_2d.shape == expected_2d.shape
-    assert torch.allclose(projected_2d, expected_2d, atol=1e-5)
+    assert torch.allclose(projected_2d, expected_2d, atol=atol)
 
 
 @torch.no_grad

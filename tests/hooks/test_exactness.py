@@ -99,9 +99,9 @@ def test_every_hook_fires(model, texts):
 
 def test_cache_positions_and_shapes(model, texts):
     c = model.cfg
-    _, full = model.run_with_cache(texts)
+    _, full = model.run_with_cache(texts, names_filter=lambda n: True)
     pos = [[3, 7], [0, 5], [10, 2]]
-    _, cache = model.run_with_cache(texts, positions=pos)
+    _, cache = model.run_with_cache(texts, names_filter=lambda n: True, positions=pos)
     b = len(texts)
     assert cache["resid_post", 1].shape == (b, 2, c.d_model)
     assert cache["z", 0].shape == (b, 2, c.n_heads, c.d_head)

@@ -34,6 +34,10 @@ class ActivationCache:
     def cache_dict(self) -> dict:  # TransformerLens' name for the dict
         return self.data
 
+    @cache_dict.setter
+    def cache_dict(self, value: dict):
+        self.data = value
+
     @property
     def has_embed(self) -> bool:
         return "hook_embed" in self.data
@@ -272,58 +276,90 @@ class ActivationCache:
         """[layers, ...]: one activation of every layer before `layer`."""
         return torch.stack([self[activation_name, l, sublayer_type] for l in range(self._final(layer))])
 
-    def stack_neuron_results(self, layer: int, pos_slice=None, neuron_slice=None, return_labels: bool = False,
-                             incl_remainder: bool = False, apply_ln: bool = False):
-        """[layer * d_mlp, *batch_and_pos, d_model]: each GLU neuron's write (its activation
-        times its W_out row) in the layers before `layer`."""
+    def get_neuron_results(self, layer: int, neuron_slice=None, pos_slice=None, project_output_onto=None):
+        """[*batch_and_pos, neurons, d_model]: each GLU neuron's write at `layer` (activation
+        times its W_out row); with `project_output_onto` ([d_model] or [d_model, k]) W_out is
+        projected first, so the d_mlp x d_model product is never built."""
         self.model.require_glu()
+        neuron_slice, pos_slice = Slice(neuron_slice), Slice(pos_slice)
+        acts = neuron_slice.apply(pos_slice.apply(self["post", layer], dim=-2), dim=-1)
+        W_out = neuron_slice.apply(self.model.layer_weights(layer)["W_out"].detach(), dim=0).to(acts)
+        if project_output_onto is None:
+            return acts[..., None] * W_out
+        projected = W_out @ project_output_onto.to(acts)
+        return acts * projected if project_output_onto.dim() == 1 else acts[..., None] * projected
+
+    def stack_neuron_results(self, layer: int, pos_slice=None, neuron_slice=None, return_labels: bool = False,
+                             incl_remainder: bool = False, apply_ln: bool = False, project_output_onto=None,
+                             mlp_input: bool = False):
+        """[layer * neurons (+1), *batch_and_pos, d_model (or k)]: each GLU neuron's write in
+        the layers before `layer`; incl_remainder adds what the rest of the residual stream
+        entering `layer` (its MLP with mlp_input) holds; projected like get_neuron_results."""
+        layer = self._final(layer)
         pos_slice, neuron_slice = Slice(pos_slice), Slice(neuron_slice)
-        parts, labels = [], []
+        if neuron_slice.mode == "int":  # layers are concatenated along the neuron axis: keep it
+            neuron_slice = Slice([neuron_slice.slice])
+        project = project_output_onto
+        p2 = None if project is None else (project[:, None] if project.dim() == 1 else project)
+        idx = neuron_slice.apply(torch.arange(self.model.cfg.d_mlp)).tolist()
+        labels = [f"L{l}N{i}" for l in range(layer) for i in idx]
+        parts = [self.get_neuron_results(l, neuron_slice, pos_slice, p2) for l in range(layer)]
         with torch.no_grad():
-            for l in range(layer):
-                post = neuron_slice.apply(pos_slice.apply(self["post", l], dim=-2), dim=-1)
-                W_out = neuron_slice.apply(self.model.layer_weights(l)["W_out"], dim=0)
-                parts.append((post[..., None] * W_out.to(post)).movedim(-2, 0))
-                idx = torch.arange(self.model.cfg.d_mlp)
-                labels += [f"L{l}N{i}" for i in neuron_slice.apply(idx).reshape(-1).tolist()]
-        like = pos_slice.apply(self["hook_embed"], dim=-2)
-        stack = torch.cat(parts) if parts else like.new_zeros((0, *like.shape))
-        if incl_remainder:
-            rest = pos_slice.apply(self["resid_post", layer - 1], dim=-2) - stack.sum(0)
-            stack = torch.cat([stack, rest[None]])
-            labels.append("remainder")
-        if apply_ln:
-            stack = self.apply_ln_to_stack(stack, layer, pos_slice=pos_slice)
+            if parts:
+                stack = torch.cat(parts, dim=-2).movedim(-2, 0)
+            else:
+                like = pos_slice.apply(self["hook_embed"], dim=-2)
+                width = like.shape[-1] if p2 is None else p2.shape[-1]
+                stack = like.new_zeros((0, *like.shape[:-1], width))
+            if incl_remainder:
+                target = pos_slice.apply(self[("resid_mid", layer) if mlp_input else ("resid_post", layer - 1)], dim=-2)
+                if p2 is not None:
+                    target = target @ p2.to(target)
+                stack = torch.cat([stack, (target - stack.sum(0))[None]])
+                labels.append("remainder")
+            if apply_ln:  # RMSNorm has no centring: dividing by the cached scale commutes with the projection
+                stack = stack / self._scale(layer, mlp_input, pos_slice, Slice(None))
+        if p2 is not None and project.dim() == 1:
+            stack = stack[..., 0]
         return (stack, labels) if return_labels else stack
 
     def get_full_resid_decomposition(self, layer: int | None = None, mlp_input: bool = False,
                                      expand_neurons: bool = True, apply_ln: bool = False, pos_slice=None,
-                                     return_labels: bool = False):
+                                     return_labels: bool = False, project_output_onto=None):
         """Every head, every neuron (or each MLP with expand_neurons=False), the embedding and
         the summed biases (o_proj / down_proj biases, zeros where the model has none): the
-        components that add up to the residual stream entering `layer`."""
+        components that add up to the residual stream entering `layer`; with
+        `project_output_onto` ([d_model] or [d_model, k]) each projected (neurons without
+        building their d_model writes)."""
         layer = self._final(layer)
         pos_slice = Slice(pos_slice)
+        project = project_output_onto
+        p2 = None if project is None else (project[:, None] if project.dim() == 1 else project)
+        proj = (lambda x: x) if p2 is None else (lambda x: x @ p2.to(x))  # noqa: E731
         heads, labels = self.stack_head_results(layer + (1 if mlp_input else 0), pos_slice=pos_slice,
                                                 return_labels=True)
-        parts = [heads]
+        parts = [proj(heads)]
         if layer > 0:
             if expand_neurons:
-                neurons, more = self.stack_neuron_results(layer, pos_slice=pos_slice, return_labels=True)
+                neurons, more = self.stack_neuron_results(layer, pos_slice=pos_slice, return_labels=True,
+                                                          project_output_onto=p2)
             else:
                 neurons, more = self.decompose_resid(layer, pos_slice=pos_slice, incl_embeds=False, mode="mlp",
                                                      return_labels=True)
+                neurons = proj(neurons)
             parts.append(neurons)
             labels += more
         if self.has_embed:
-            parts.append(pos_slice.apply(self["hook_embed"], dim=-2)[None])
+            parts.append(proj(pos_slice.apply(self["hook_embed"], dim=-2)[None]))
             labels.append("embed")
-        bias = self.model.accumulated_bias(layer, mlp_input, include_mlp_biases=expand_neurons)
-        parts.append(bias.to(heads).expand((1, *heads.shape[1:])))
+        bias = proj(self.model.accumulated_bias(layer, mlp_input, include_mlp_biases=expand_neurons).to(heads))
+        parts.append(bias.expand((1, *parts[0].shape[1:])))
         labels.append("bias")
         stack = torch.cat(parts)
-        if apply_ln:
-            stack = self.apply_ln_to_stack(stack, layer, pos_slice=pos_slice, mlp_input=mlp_input)
+        if apply_ln:  # dividing by the cached RMS scale commutes with the projection
+            stack = stack / self._scale(layer, mlp_input, pos_slice, Slice(None))
+        if p2 is not None and project.dim() == 1:
+            stack = stack[..., 0]
         return (stack, labels) if return_labels else stack
 
     def logit_lens(self, resid: torch.Tensor) -> torch.Tensor:

@@ -48,6 +48,8 @@ class HookedConfig:
     act_fn: str
     final_softcap: float | None = None  # logits = cap * tanh(logits / cap) (Gemma2)
     post_norms: bool = False  # attention / MLP outputs are normed before the residual adds them (Gemma)
+    normalization_type: str = "RMS"  # TransformerLens' name for the norms (all supported families: RMSNorm)
+    device: str = "cpu"  # where the weights were when the model was wrapped (TransformerLens' cfg.device)
 
 
 def _config_of(hf_model, arch: Arch, blocks) -> HookedConfig:
@@ -66,6 +68,7 @@ def _config_of(hf_model, arch: Arch, blocks) -> HookedConfig:
         act_fn=arch.act_fn(c),
         final_softcap=arch.final_softcap(c),
         post_norms=arch.attn_out is not None or arch.mlp_out is not None,
+        device=str(next(hf_model.parameters()).device),
     )
 
 
@@ -390,6 +393,26 @@ class HookedModel:
         loss = _next_token_loss(logits, ids, mask, loss_per_token)
         return loss if return_type == "loss" else (logits, loss)
 
+    # -- the module (TransformerLens / nn.Module conveniences, on the wrapped model) ---------
+    def to(self, *args, **kwargs) -> "HookedModel":
+        self.hf_model.to(*args, **kwargs)
+        return self
+
+    def cpu(self) -> "HookedModel":
+        return self.to("cpu")
+
+    def cuda(self, device=None) -> "HookedModel":
+        return self.to(torch.device("cuda", device) if isinstance(device, int) else (device or "cuda"))
+
+    def parameters(self, recurse: bool = True):
+        return self.hf_model.parameters(recurse)
+
+    def named_parameters(self, *args, **kwargs):
+        return self.hf_model.named_parameters(*args, **kwargs)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.hf_model.zero_grad(set_to_none=set_to_none)
+
     # -- hook points ----------------------------------------------------------------------
     @property
     def mod_dict(self) -> dict[str, HookPoint]:
@@ -480,22 +503,30 @@ class HookedModel:
         return [(n, make(n)) for n in names]
 
     def run_with_cache(self, input, names_filter=None, device=None, remove_batch_dim: bool = False,
-                       incl_bwd: bool = False, clear_contexts: bool = False, pos_slice=None, positions=None, dtype=None, attention_mask=None, **forward_kwargs):
+                       incl_bwd: bool = False, clear_contexts: bool = False, pos_slice=None,
+                       return_cache_object: bool = True, positions=None, dtype=None, attention_mask=None,
+                       **forward_kwargs):
         """(output, ActivationCache), with TransformerLens' arguments. `names_filter`: a name,
-        names or a filter on names (None: all); `pos_slice`: TransformerLens' slice of the
-        position axis (an int drops it); `positions`: verilens' per-sequence choice, None
-        (all), "last", an int, a list per sequence or a [batch, k] tensor, which also limits
-        attention patterns to those query positions; `incl_bwd`: backward() on the output
-        (a scalar: return_type="loss") and the gradients cached as "<name>_grad"; `device`,
-        `dtype`: where the cache goes. The caching hooks live for this call only and run
-        after the attached hooks and interventions, so the cache sees their edits."""
+        names or a filter on names (None: every point but attn.hook_result, which
+        `cache.compute_head_results()` derives from hook_z, as TransformerLens); `pos_slice`:
+        TransformerLens' slice of the position axis (an int keeps the axis, as [int]);
+        `positions`: verilens' per-sequence choice, None (all), "last", an int, a list per
+        sequence or a [batch, k] tensor, which also limits attention patterns to those query
+        positions; `incl_bwd`: backward() on the output (a scalar: return_type="loss") and the
+        gradients cached as "<name>_grad"; `device`, `dtype`: where the cache goes;
+        `return_cache_object=False`: a plain dict. The caching hooks live for this call only
+        and run after the attached hooks and interventions, so the cache sees their edits."""
         if positions is not None and pos_slice is not None:
             raise VerilensError("give positions (verilens, per sequence) or pos_slice (TransformerLens), not both")
         ids, mask = self.tokenize(input, attention_mask)
         if remove_batch_dim and ids.shape[0] != 1:
             raise VerilensError(f"remove_batch_dim needs a batch of one, got {ids.shape[0]}")
         names = resolve_names(names_filter, self.cfg.n_layers)
+        if names_filter is None:
+            names = [n for n in names if not n.endswith("attn.hook_result")]
         pos = self._positions(positions, ids, mask)
+        if isinstance(pos_slice, int) and not isinstance(pos_slice, bool):
+            pos_slice = [pos_slice]  # TransformerLens' Slice.unwrap: the position axis stays
         pos_slice = None if pos_slice is None else Slice(pos_slice)
         store = {}
         bwd = self._user_bwd_hooks()
@@ -507,6 +538,8 @@ class HookedModel:
             out.backward()
         if clear_contexts:
             self.clear_contexts()
+        if not return_cache_object:
+            return out, store
         cache_mask = mask if pos is None else mask.gather(1, pos)
         if pos_slice is not None:
             cache_mask = pos_slice.apply(cache_mask, dim=-1)

@@ -52,11 +52,15 @@ ALIASES = {
 NORM_POINTS = ("scale", "normalized")  # get_act_name("scale", 3, "ln1"); without a layer: ln_final
 
 _LAYER_RE = re.compile(r"^blocks\.(\d+)\.(.+)$")
+_SHORT_RE = re.compile(r"^([a-z_]+?)(\d+)(ln[12]|attn|mlp)?$")
 
 
 def get_act_name(name: str, layer: int | None = None, layer_type: str | None = None) -> str:
     """Full hook name from a short alias, as TransformerLens' utils.get_act_name:
     get_act_name("resid_post", 5), get_act_name("scale", 5, "ln2"), get_act_name("normalized")."""
+    short = _SHORT_RE.match(name) if name not in ALIASES and name not in LAYER_POINTS else None
+    if short and layer is None:  # TransformerLens' short keys: "resid_post5", "scale29ln1"
+        name, layer, layer_type = short.group(1), int(short.group(2)), short.group(3) or None
     if name in NORM_POINTS:
         if layer is None:
             return f"ln_final.hook_{name}"

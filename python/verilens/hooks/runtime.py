@@ -109,7 +109,7 @@ class HookSession:
         returns `view` itself when nothing replaced it."""
         for fn in self.by_name.get(name, ()):
             out = fn(view, hook=self._context(name, layer))
-            if out is not None:
+            if out is not None and out is not view:  # returning the activation itself changes nothing
                 if not writable:
                     raise VerilensError(
                         f"{name} is computed for reading only; to change a head's output modify "
@@ -128,6 +128,8 @@ class HookSession:
             def on_grad(grad):
                 for fn in bwd:
                     out = fn(grad, hook=context)
+                    if isinstance(out, tuple):  # TransformerLens' backward hooks may return (grad,)
+                        out = out[0]
                     grad = grad if out is None else out
                 return grad
             view.register_hook(on_grad)
