@@ -58,7 +58,8 @@ def analyze(
     template: str = typer.Option("base", help="Prompt: base, qwen-instruct, or icl (solved examples in context, "
                                               "for general reasoning models; use with --partial)."),
     shots: int = typer.Option(3, min=0, help="Solved examples in an icl prompt."),
-    max_new_tokens: int = typer.Option(400, min=1, help="Length of the generated traces."),
+    max_new_tokens: Optional[int] = typer.Option(None, min=1, help="Length of the generated traces (default 400; "
+                                                                    "200 with --paper-settings)."),
     batch_size: int = typer.Option(32, min=1, help="Batch size for generation and forward passes."),
     n_contexts: int = typer.Option(300, min=1, help="Intervention contexts (correct attempts)."),
     paper_settings: bool = typer.Option(False, "--paper-settings", help="The authors' exact choices (36-layer model)."),
@@ -84,8 +85,10 @@ def analyze(
     for option, path in (("--problems", problems), ("--probe", probe)):
         if path is not None and not path.is_file():
             raise VerilensError(f"{option} {path}: no such file")
-    kw = dict(n=n, seed=seed, template=template, shots=shots, max_new_tokens=max_new_tokens, batch_size=batch_size,
-              n_contexts=n_contexts, partial=partial)
+    kw = dict(n=n, seed=seed, template=template, shots=shots, batch_size=batch_size, n_contexts=n_contexts,
+              partial=partial)
+    if max_new_tokens is not None:  # else the default of the settings chosen (Settings or Settings.paper)
+        kw["max_new_tokens"] = max_new_tokens
     settings = Settings.paper(**kw) if paper_settings else Settings(**kw)
     m = load(model, device=device, dtype=dtype)
     run_analyze(m, out, settings, problems_file=problems, on_bad_row=bad_rows, probe_file=probe, resume=resume,
