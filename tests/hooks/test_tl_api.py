@@ -135,8 +135,9 @@ def test_pos_slice_and_batch_dim(model, texts):
     _, full = model.run_with_cache(texts, names_filter=["blocks.0.hook_resid_post", "blocks.0.attn.hook_z"])
     _, last = model.run_with_cache(texts, names_filter=["blocks.0.hook_resid_post", "blocks.0.attn.hook_z"],
                                    pos_slice=-1)
-    assert torch.equal(last["resid_post", 0], full["resid_post", 0][:, -1])
-    assert torch.equal(last["z", 0], full["z", 0][:, -1])
+    # an int keeps the position axis (TransformerLens' Slice.unwrap turns i into [i])
+    assert torch.equal(last["resid_post", 0], full["resid_post", 0][:, -1:])
+    assert torch.equal(last["z", 0], full["z", 0][:, -1:])
     _, some = model.run_with_cache(texts, names_filter="blocks.0.hook_resid_post", pos_slice=(2, 5))
     assert torch.equal(some["resid_post", 0], full["resid_post", 0][:, 2:5])
     _, one = model.run_with_cache(texts[0], names_filter="blocks.0.hook_resid_post", remove_batch_dim=True)
