@@ -813,7 +813,9 @@ def test_stack_neuron_results_project_incl_remainder(smollm2):
         layer, pos_slice=-1, incl_remainder=True, project_output_onto=direction
     )
     assert projected.shape == expected.shape
-    assert torch.allclose(projected, expected, atol=1e-5)
+    # verilens: TL's atol=1e-5 assumes GPT-2-sized values; SmolLM2's remainder reaches ~10^3, where
+    # float32 rounding of either summation order is far above 1e-5 (scaled as in the test above)
+    assert torch.allclose(projected, expected, atol=1e-5 * max(1.0, float(full.abs().max())))
 
 
 @torch.no_grad
