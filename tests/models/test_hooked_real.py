@@ -13,7 +13,7 @@ def _parity(model, texts):
                          output_hidden_states=True)
     fired = set()
     logits, cache = model.run_with_cache(texts, names_filter=lambda n: "resid" in n)
-    model.run_with_hooks(texts, fwd_hooks=[(lambda n: True, lambda x, h: fired.add(h.name))])
+    model.run_with_hooks(texts, fwd_hooks=[(lambda n: True, lambda x, hook: fired.add(hook.name))])
     assert len(fired) == len(verilens.hooks.names.all_names(model.cfg.n_layers))
     assert (logits - ref.logits).abs().max() <= 1e-5
     for l in range(model.cfg.n_layers):
