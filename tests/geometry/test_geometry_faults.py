@@ -48,7 +48,10 @@ def test_stopped_then_rerun_equals_uninterrupted(baseline, sig):
     time.sleep(random.Random(sig.value).uniform(0.3, 0.9) * wall)
     p.send_signal(sig)
     _, err = p.communicate(timeout=300)
-    if sig == signal.SIGINT and p.returncode != 0:
+    # A SIGINT that lands after the run has finished (its report.json is written at the very end, atomically)
+    # meets Python's own teardown, which has put back the default handler: the process then dies
+    # with -SIGINT and says nothing, which is right, so the error line is asked for only mid-run.
+    if sig == signal.SIGINT and p.returncode != 0 and not (out / "report.json").exists():
         assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("verilens: error: interrupted")
     res = subprocess.run(command(other, out), env=ENV, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
