@@ -36,5 +36,5 @@ def test_smollm2_vs_minilm(pair):
 def test_unembed_of_encoder_is_an_error(minilm_dir):
     from verilens.errors import VerilensError
 
-    with pytest.raises(VerilensError, match="use --which embed"):
+    with pytest.raises(VerilensError, match="no LM head.*use --what embed"):
         G.load_embeddings(str(minilm_dir), "unembed")
