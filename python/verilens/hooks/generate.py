@@ -103,7 +103,8 @@ class Prefill:
         self.model = model
         self.ids, self.mask = model.tokenize(input, attention_mask)
         self.names = resolve_names(cache_names, model.cfg.n_layers) if cache_names is not None else []
-        self.cache_device, self.cache_dtype = cache_device, cache_dtype
+        # the cache goes where the inputs are unless asked (on a device_map: the main device)
+        self.cache_device, self.cache_dtype = cache_device or model.device, cache_dtype
         self.context_hooks = model._user_hooks()
         self.kv = model.arch.new_cache()
         self.store: dict = {}
@@ -162,6 +163,7 @@ def generate(model, input, max_new_tokens=64, do_sample=False, temperature=1.0, 
     else:
         ids, mask = model.tokenize(input, attention_mask)
         names = resolve_names(cache_names, model.cfg.n_layers) if cache_names is not None else []
+    cache_device = cache_device or model.device  # on a device_map: the main device, unless asked
     b, p0 = ids.shape
     model.check_length(p0 + max_new_tokens, "the prompt plus max_new_tokens")
     stops = [stop] if isinstance(stop, str) else list(stop or [])

@@ -15,6 +15,7 @@ from .arch import Arch, arch_for
 from .cache import ActivationCache
 from .interventions import Active
 from .names import all_names, parse_name, resolve_names
+from .placement import check_placement, input_device, read_weights, refuse_move
 from .points import HookPoint
 from .runtime import HookSession, PassInfo
 from .slices import Slice
@@ -68,7 +69,7 @@ def _config_of(hf_model, arch: Arch, blocks) -> HookedConfig:
         act_fn=arch.act_fn(c),
         final_softcap=arch.final_softcap(c),
         post_norms=arch.attn_out is not None or arch.mlp_out is not None,
-        device=str(next(hf_model.parameters()).device),
+        device=str(input_device(hf_model)),
     )
 
 
@@ -82,6 +83,8 @@ class HookedModel:
         except AttributeError:
             raise VerilensError(f"{type(hf_model).__name__} has no {self.arch.layers}: not a {self.arch.family} "
                                 "causal LM") from None
+        # a device_map that left weights on the meta device fails here, before any run
+        check_placement(hf_model, f"{type(hf_model).__name__} ({name})")
         self.hf_model, self.tokenizer, self.name, self.source = hf_model, tokenizer, name, source
         self.cfg = _config_of(hf_model, self.arch, self.blocks)
         # TransformerLens' hook state: one HookPoint per name, holding the attached functions
@@ -120,41 +123,50 @@ class HookedModel:
 
     @property
     def device(self) -> torch.device:
-        return next(self.hf_model.parameters()).device
+        """Where inputs go and outputs (logits, caches by default) come back: the model's
+        device, or accelerate's main device for a model dispatched with a device_map."""
+        return input_device(self.hf_model)
 
     @property
     def dtype(self) -> torch.dtype:
         return next(self.hf_model.parameters()).dtype
 
     # -- weights (TransformerLens layout) ---------------------------------------------
-    def _heads_in(self, proj, n_heads):
-        # Linear weight [n_heads*d_head, d_model] -> view [n_heads, d_model, d_head]
-        w = proj.weight
-        return w.view(n_heads, self.cfg.d_head, self.cfg.d_model).transpose(1, 2)
+    _WEIGHT_PARTS = {"W_Q": "q", "W_K": "k", "W_V": "v", "W_O": "o", "W_gate": "gate", "W_in": "up", "W_out": "down"}
+
+    def _layer_weight(self, l: int, key: str) -> torch.Tensor:
+        c, mod = self.cfg, self.module(l, self._WEIGHT_PARTS[key])
+
+        def view():
+            w = mod.weight
+            if key == "W_O":
+                return w.view(c.d_model, c.n_heads, c.d_head).permute(1, 2, 0)
+            if key in ("W_Q", "W_K", "W_V"):  # [n_heads*d_head, d_model] -> [n_heads, d_model, d_head]
+                return w.view(-1, c.d_head, c.d_model).transpose(1, 2)
+            return w.T
+        return read_weights([mod], view)
 
     def layer_weights(self, l: int) -> dict:
         """Views (no copies) of layer l's weights in TransformerLens' layout: W_Q [H, d, dh],
         W_K / W_V [n_kv_heads, d, dh], W_O [H, dh, d]; with a GLU, W_gate / W_in
-        [d, d_mlp] and W_out [d_mlp, d] (row i: neuron i's value vector)."""
-        c, part = self.cfg, (lambda p: self.module(l, p))  # noqa: E731
-        out = {
-            "W_Q": self._heads_in(part("q"), c.n_heads),
-            "W_K": self._heads_in(part("k"), c.n_kv_heads),
-            "W_V": self._heads_in(part("v"), c.n_kv_heads),
-            "W_O": part("o").weight.view(c.d_model, c.n_heads, c.d_head).permute(1, 2, 0),
-        }
-        if c.gated_mlp:
-            out.update(W_gate=part("gate").weight.T, W_in=part("up").weight.T, W_out=part("down").weight.T)
-        return out
+        [d, d_mlp] and W_out [d_mlp, d] (row i: neuron i's value vector). For a layer
+        offloaded by a device_map (to disk or CPU) the weights are loaded, as its forward
+        loads them, and copies are returned."""
+        keys = ["W_Q", "W_K", "W_V", "W_O"] + (["W_gate", "W_in", "W_out"] if self.cfg.gated_mlp else [])
+        return {k: self._layer_weight(l, k) for k in keys}
 
     def stacked(self, key: str, repeat_kv: bool = False) -> torch.Tensor:
         """layer_weights(l)[key] of every layer, stacked: [n_layers, ...]. W_K / W_V have
         n_kv_heads heads unless `repeat_kv` repeats each KV head for its query heads."""
         if key in ("W_gate", "W_in", "W_out"):
             self.require_glu()
-        ws = [self.layer_weights(l)[key] for l in range(self.cfg.n_layers)]
+        if key not in self._WEIGHT_PARTS:
+            raise VerilensError(f"stacked: unknown key {key!r}; use one of {sorted(self._WEIGHT_PARTS)}")
+        ws = [self._layer_weight(l, key) for l in range(self.cfg.n_layers)]
         if repeat_kv and self.cfg.n_kv_heads != self.cfg.n_heads:
             ws = [w.repeat_interleave(self.cfg.n_heads // self.cfg.n_kv_heads, dim=0) for w in ws]
+        if len({w.device for w in ws}) > 1:  # layers on several devices (a device_map): gather on the main one
+            ws = [w.to(self.device) for w in ws]
         return torch.stack(ws)
 
     @property
@@ -191,12 +203,14 @@ class HookedModel:
         return self.stacked("W_out")
 
     @property
-    def W_U(self):  # [d_model, d_vocab] (view)
-        return self.hf_model.get_output_embeddings().weight.T
+    def W_U(self):  # [d_model, d_vocab] (view; a copy where a device_map offloaded it)
+        head = self.hf_model.get_output_embeddings()
+        return read_weights([head], lambda: head.weight.T)
 
     @property
-    def W_E(self):  # [d_vocab, d_model] (the embedding itself)
-        return self.embed_module.weight
+    def W_E(self):  # [d_vocab, d_model] (the embedding itself; a copy where offloaded)
+        emb = self.embed_module
+        return read_weights([emb], lambda: emb.weight)
 
     @property
     def ln_final(self):
@@ -206,7 +220,8 @@ class HookedModel:
     def final_norm_gain(self) -> torch.Tensor:
         """[d_model]: the final RMSNorm's elementwise gain, ln_final(x) = gain * x / rms(x)
         (Gemma: 1 + its weight)."""
-        return self.arch.norm_gain(self.final_norm)
+        norm = self.final_norm
+        return read_weights([norm], lambda: self.arch.norm_gain(norm))
 
     @property
     def final_norm_eps(self) -> float:
@@ -236,9 +251,10 @@ class HookedModel:
         for l in range(layer + (1 if mlp_input else 0)):
             parts = ("o",) if (l == layer or not include_mlp_biases) else ("o", "down")
             for part in parts:
-                bias = self.module(l, part).bias
+                mod = self.module(l, part)
+                bias = read_weights([mod], lambda: mod.bias)
                 if bias is not None:
-                    total = total + bias.detach()
+                    total = total + bias.detach().to(total.device)
         return total
 
     def logit_lens(self, x: torch.Tensor) -> torch.Tensor:
@@ -250,6 +266,7 @@ class HookedModel:
             raise VerilensError(f"logit_lens: width {x.shape[-1]} != d_model {self.cfg.d_model}")
         with torch.no_grad():
             logits = self.hf_model.get_output_embeddings()(self.final_norm(x.to(self.device, self.dtype)))
+            logits = logits.to(self.device)  # from the unembedding's device (a device_map)
             cap = self.cfg.final_softcap
             return logits if cap is None else torch.tanh(logits / cap) * cap
 
@@ -395,6 +412,7 @@ class HookedModel:
 
     # -- the module (TransformerLens / nn.Module conveniences, on the wrapped model) ---------
     def to(self, *args, **kwargs) -> "HookedModel":
+        refuse_move(self.hf_model)
         self.hf_model.to(*args, **kwargs)
         return self
 
@@ -491,14 +509,18 @@ class HookedModel:
             self._active.remove(active)
 
     def _cache_hooks(self, names, store, device, dtype, pos_slice=None, suffix=""):
+        # by default the cache goes where the inputs are: on a model split over devices by
+        # a device_map, every activation comes to the main device (helpers combine them)
+        device = device or self.device
+
         def make(name):
             def fn(x, hook):
                 pos = hook.info.positions
                 if pos is not None and not name.endswith(("hook_pattern", "hook_result")):
-                    x = x[torch.arange(x.shape[0], device=x.device)[:, None], pos]
+                    x = x[torch.arange(x.shape[0], device=x.device)[:, None], pos.to(x.device)]
                 if pos_slice is not None:  # TransformerLens: heads' activations have pos at -3
                     x = pos_slice.apply(x, dim=-3 if name.endswith(HEAD_POINTS) else -2)
-                store[name + suffix] = x.detach().to(device=device or x.device, dtype=dtype or x.dtype)
+                store[name + suffix] = x.detach().to(device=device, dtype=dtype or x.dtype)
             return fn
         return [(n, make(n)) for n in names]
 

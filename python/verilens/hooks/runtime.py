@@ -15,22 +15,32 @@ import torch
 
 from ..errors import VerilensError
 from .names import parse_name
+from .placement import materialized
 
 READ_ONLY = ("attn.hook_pattern", "attn.hook_result")
+
+
+def _forward_slot(module) -> str:
+    """The instance attribute a forward override goes in. accelerate (a device_map) puts
+    its own `forward` on each module, which moves the inputs to the module's execution
+    device and loads offloaded weights, then calls `_old_forward`: an override goes there,
+    inside accelerate's, so it runs on the real weights."""
+    return "_old_forward" if getattr(module, "_hf_hook", None) is not None and "_old_forward" in module.__dict__ \
+        else "forward"
 
 
 class _Restore:
     """A handle that undoes a forward override (like a hook handle's `remove`)."""
 
     def __init__(self, module):
-        # accelerate (device_map) also overrides forward per instance: keep theirs
-        self.module, self.previous = module, module.__dict__.get("forward")
+        self.module, self.slot = module, _forward_slot(module)
+        self.previous = module.__dict__.get(self.slot)
 
     def remove(self):
         if self.previous is None:
-            self.module.__dict__.pop("forward", None)
+            self.module.__dict__.pop(self.slot, None)
         else:
-            self.module.forward = self.previous
+            setattr(self.module, self.slot, self.previous)
 
 
 @dataclass
@@ -138,10 +148,12 @@ class HookSession:
     def wants(self, name):
         return name in self.by_name or name in self.bwd_by_name
 
-    def _fusable(self, name, weight):
+    def _fusable(self, name, module):
         """(the single planned edit at `name`, the ops backend) when a fused op should run
-        it, else None (model.backend: see HookedModel)."""
+        it, else None (model.backend: see HookedModel). `module`: the one whose weights the
+        op reads (on a device_map, its execution device decides)."""
         from ..ops import BACKENDS, triton_available
+        from .placement import execution_device
 
         fns = self.by_name.get(name, ())
         mode = self.model.backend
@@ -149,13 +161,16 @@ class HookSession:
             raise VerilensError(f"model.backend must be one of {', '.join(BACKENDS)}, got {mode!r}")
         if len(fns) != 1 or not hasattr(fns[0], "plan") or mode == "torch":
             return None
-        if mode == "auto" and not (weight.is_cuda and triton_available()):
+        device = execution_device(module)
+        if mode == "auto" and not (device is not None and device.type == "cuda" and triton_available()):
             return None
         return fns[0], mode
 
     def _override(self, module, forward):
-        self.handles.append(_Restore(module))
-        module.forward = forward  # an instance attribute: nn.Module.__call__ runs it, hooks included
+        handle = _Restore(module)
+        self.handles.append(handle)
+        # an instance attribute: nn.Module.__call__ runs it, hooks included (inside accelerate's, if any)
+        setattr(module, handle.slot, forward)
 
     # -- installation ----------------------------------------------------------------
     def __enter__(self):
@@ -229,7 +244,7 @@ class HookSession:
         if "attn.hook_pattern" in points:
             self._install_pattern(l)
 
-        fused_z = self._fusable(n("attn.hook_z"), o_proj.weight)
+        fused_z = self._fusable(n("attn.hook_z"), o_proj)
         if fused_z is not None:
             self._override(o_proj, self._fused_o_proj(l, o_proj, *fused_z))
         elif "attn.hook_z" in points or "attn.hook_result" in points:
@@ -239,7 +254,9 @@ class HookSession:
                 z = x.view(b, p, H, dh)
                 new = self._apply(n("attn.hook_z"), l, z)
                 if self.wants(n("attn.hook_result")):
-                    self._apply(n("attn.hook_result"), l, m_result(self.model, l, new, self.info.positions), writable=False)
+                    with materialized(o_proj):  # o_proj's real weights, where a device_map offloaded them
+                        result = m_result(self.model, l, new, self.info.positions)
+                    self._apply(n("attn.hook_result"), l, result, writable=False)
                 if new is not z:
                     return _replace_first(args, kwargs, new.reshape(b, p, H * dh), "input")
             self._pre(o_proj, o_pre)
@@ -250,7 +267,7 @@ class HookSession:
                 a = out[0] if is_tuple else out
                 new = self._apply(n("hook_attn_out"), l, a)
                 if self.wants(n("hook_resid_mid")):
-                    pre = self.info.stash[("resid_pre", l)]
+                    pre = self.info.stash[("resid_pre", l)].to(new.device)  # the layer's input, maybe from another device
                     mid = pre + new
                     mid_new = self._apply(n("hook_resid_mid"), l, mid)
                     if mid_new is not mid:
@@ -262,7 +279,7 @@ class HookSession:
         for point, mod in (("mlp.hook_pre", "gate"), ("mlp.hook_pre_linear", "up")):
             if point in points:
                 self._post(part(mod), lambda _m, a, k, out, point=point: self._apply(n(point), l, out))
-        fused_glu = self._fusable(n("mlp.hook_post"), down.weight)
+        fused_glu = self._fusable(n("mlp.hook_post"), down)
         if fused_glu is not None and self.model.cfg.act_fn == "silu":
             self._override(mlp, self._fused_mlp(l, part("gate"), part("up"), down, *fused_glu))
         elif "mlp.hook_post" in points:
@@ -312,7 +329,8 @@ class HookSession:
             plan = edit.plan(x.view(b, p, H, dh), self._context(name, l))
             scale, fill, where = plan if plan is not None else (None, None, None)
             want = self.wants(result_name)
-            positions = (self.info.positions if self.info.positions is not None else "all") if want else None
+            positions = (self.info.positions.to(x.device) if self.info.positions is not None else "all") if want \
+                else None
             out, result = head_masked_o_proj(x, o_proj.weight, o_proj.bias, n_heads=H, scale=scale, fill=fill,
                                              where=where, result_positions=positions, backend=backend)
             if want:
@@ -378,7 +396,7 @@ def attention_pattern(model, l, st, info: PassInfo):
     q, k = st["q"], st["k"]
     b, p, _ = q.shape
     rows = torch.arange(b, device=q.device)[:, None]
-    pos = info.positions if info.positions is not None else torch.arange(p, device=q.device).expand(b, p)
+    pos = info.positions.to(q.device) if info.positions is not None else torch.arange(p, device=q.device).expand(b, p)
     qs = q[rows, pos].view(b, -1, H, dh)
     ks = k.view(b, p, Hkv, dh)
     if q_norm is not None:
@@ -404,7 +422,7 @@ def attention_pattern(model, l, st, info: PassInfo):
     if window is not None:
         allowed = allowed & (k_abs > q_abs - window)
     if info.attention_mask is not None:
-        allowed = allowed & info.attention_mask[:, None, -n_keys:].bool()
+        allowed = allowed & info.attention_mask[:, None, -n_keys:].to(q.device).bool()
     scores = scores.masked_fill(~allowed[:, None], float("-inf"))
     probs = torch.softmax(scores, dim=-1)
     return torch.nan_to_num(probs, nan=0.0).to(q.dtype)
@@ -414,7 +432,7 @@ def m_result(model, l, z, positions):
     """Per-head outputs after W_O, [batch, k, head, d_model], at `positions` only."""
     b, p, H, dh = z.shape
     if positions is not None:
-        z = z[torch.arange(b, device=z.device)[:, None], positions]
-    W_O = model.module(l, "o").weight  # [d_model, H*dh]
-    W = W_O.view(W_O.shape[0], H, dh)  # view
+        z = z[torch.arange(b, device=z.device)[:, None], positions.to(z.device)]
+    W_O = model.module(l, "o").weight  # [d_model, H*dh] (real: the caller materialises an offloaded o_proj)
+    W = W_O.view(W_O.shape[0], H, dh).to(z.device)  # view
     return torch.einsum("bkhd,mhd->bkhm", z, W)

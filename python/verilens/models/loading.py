@@ -78,17 +78,36 @@ def _drop_gguf_quantizer(model) -> None:
         del model.config.quantization_config
 
 
-def load(name_or_path, device=None, dtype=None):
+def load(name_or_path, device=None, dtype=None, device_map=None, max_memory=None, offload_folder=None):
     """Load a causal LM and its tokenizer as a HookedModel.
 
     `name_or_path`: "countdown-tiny" (built in, offline), a local Hugging Face folder of
     a Qwen2/Qwen2.5/Qwen3/Llama/Mistral-family model, or a .gguf file (dequantised to
-    `dtype`). `dtype` defaults to float32 on CPU and bfloat16 on CUDA; `device` to CPU."""
+    `dtype`). `dtype` defaults to float32 on CPU and bfloat16 on CUDA; `device` to CPU.
+
+    Models past one device: `device_map` ("auto", "balanced", "balanced_low_0",
+    "sequential", one device, or {module name: device} with devices GPU indices, "cpu",
+    "cuda:N" or "disk"), `max_memory` ({device: size}) and `offload_folder` (where weights
+    offloaded to disk go) are accelerate's, passed through to transformers (a GGUF file is
+    dequantised on the CPU first, then dispatched by accelerate). The map is checked before
+    anything loads: every module must get a device that exists here (docs/scale.md)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     name = str(name_or_path)
-    device = _resolve_device(device)
-    dtype = _resolve_dtype(dtype) or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+    if device_map is None:
+        if max_memory is not None or offload_folder is not None:
+            raise VerilensError("max_memory and offload_folder go with a device_map: pass device_map='auto' (or a "
+                                "{module: device} dict) too")
+        device = _resolve_device(device)
+        on_cuda = device.type == "cuda"
+    else:
+        if device is not None:
+            raise VerilensError(f"give device={device!r} or device_map, not both: with a device_map, accelerate "
+                                "places every module (device_map={'': 'cuda:0'} puts all on one device)")
+        from .device_map import check_device_map_values
+
+        on_cuda = check_device_map_values(device_map, max_memory)
+    dtype = _resolve_dtype(dtype) or (torch.bfloat16 if on_cuda else torch.float32)
     gguf_file = None
     if name in BUILTIN:
         path = builtin_path(name)
@@ -111,6 +130,15 @@ def load(name_or_path, device=None, dtype=None):
             check_model_folder(path)  # config types, weight files whole and of the config's shapes
     source = name if path is None else str(path / gguf_file if gguf_file else path)
     kwargs = {"dtype": dtype}
+    if device_map is not None:
+        from .device_map import check_device_map_modules, dispatch_kwargs
+
+        if not gguf_file:  # a GGUF's modules are checked once it is dequantised (below)
+            check_device_map_modules(name if path is None else path, device_map, source)
+            kwargs.update(dispatch_kwargs(device_map, max_memory, offload_folder))
+        elif offload_folder is None and _maps_to_disk(device_map, max_memory):
+            raise VerilensError(f"{source}: a GGUF model offloaded to disk needs offload_folder=DIR (where the "
+                                "dequantised weights are written)")
     if gguf_file:
         kwargs["gguf_file"] = gguf_file
         try:
@@ -127,24 +155,40 @@ def load(name_or_path, device=None, dtype=None):
         tokenizer = AutoTokenizer.from_pretrained(name if path is None else path, **(
             {"gguf_file": gguf_file} if gguf_file else {}))
         model = AutoModelForCausalLM.from_pretrained(name if path is None else path, **kwargs)
+    except VerilensError:
+        raise
     except Exception as e:  # a local folder or file is the user's input: whatever fails in it is theirs
         if path is None and isinstance(e, (OSError, ValueError)):
             raise _hub_error(name) from e
+        hint = (" and device_map / max_memory / offload_folder (docs/scale.md)" if device_map is not None else "")
         raise VerilensError(f"could not load {source}: {type(e).__name__}: {str(e)[:300]}; check the files "
-                            "(download the model again) or rerun with --debug for the details") from e
+                            f"(download the model again){hint} or rerun with --debug for the details") from e
     if gguf_file:
         _drop_gguf_quantizer(model)
+        if device_map is not None:
+            from .device_map import dispatch_loaded
+
+            dispatch_loaded(model, device_map, max_memory, offload_folder, source)
     try:
         arch_for(getattr(model.config, "model_type", None))
     except VerilensError as e:
         raise VerilensError(f"{source}: {e}") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model.to(device).eval()
+    if device_map is None:
+        model.to(device)
+    model.eval()
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     from ..hooks import HookedModel
 
     return HookedModel(model, tokenizer, name if name in BUILTIN else Path(source).name, source)
+
+
+def _maps_to_disk(device_map, max_memory) -> bool:
+    """Whether the map (or, for the automatic maps, a memory budget) may send weights to disk."""
+    if isinstance(device_map, dict):
+        return "disk" in [str(v) for v in device_map.values()]
+    return max_memory is not None
 
 
 def convert_gguf(gguf_path, out_dir, dtype=torch.float32) -> Path:

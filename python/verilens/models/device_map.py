@@ -1,0 +1,169 @@
+"""`verilens.load(..., device_map=...)`: checks of a device_map before anything loads, and
+the dispatch of a model loaded whole (a dequantised GGUF) by accelerate.
+
+transformers answers a device name that does not exist here with "Torch not compiled with
+CUDA enabled" or "Cannot access accelerator device", a map that misses a module with
+"weight is on the meta device, we need a `value`", and a map naming "meta" by loading
+every weight on the meta device without a word. These checks say what is wrong and what
+to do, before a byte of the weights is read."""
+from __future__ import annotations
+
+import difflib
+
+import torch
+
+from ..errors import VerilensError
+
+AUTO_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
+_FIX = "use 'cpu', 'disk' (with offload_folder=DIR), a GPU index that exists here, or device_map='auto'"
+
+
+def _accelerator(kind: str):
+    """(is_available, device_count) of a device type torch knows (cuda, xpu, mps, npu, ...)."""
+    if kind == "mps":
+        ok = bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+        return ok, int(ok)
+    mod = getattr(torch, kind, None)
+    if mod is None or not hasattr(mod, "is_available"):
+        return False, 0
+    ok = bool(mod.is_available())
+    return ok, (mod.device_count() if ok and hasattr(mod, "device_count") else int(ok))
+
+
+def check_device(value, what: str) -> str:
+    """The device type of one device_map / max_memory value ('cpu', 'disk', 'cuda', ...);
+    a VerilensError for one that does not exist on this machine."""
+    if isinstance(value, bool) or not isinstance(value, (int, str, torch.device)):
+        raise VerilensError(f"{what}: {value!r} is not a device; {_FIX}")
+    if isinstance(value, int):
+        if value < 0:
+            raise VerilensError(f"{what}: GPU index {value} is negative; {_FIX}")
+        ok, n = _accelerator("cuda")
+        if value >= n:
+            have = f"{n} GPU(s) visible" if ok else "this machine has no GPU (CUDA is not available)"
+            raise VerilensError(f"{what}: GPU {value} does not exist here ({have}); {_FIX}")
+        return "cuda"
+    s = str(value)
+    if s == "disk":
+        return "disk"
+    if s == "meta":
+        raise VerilensError(f"{what}: 'meta' holds no weights (every forward would fail); {_FIX}")
+    try:
+        dev = torch.device(s)
+    except (RuntimeError, TypeError):
+        raise VerilensError(f"{what}: unknown device {s!r}; {_FIX}") from None
+    if dev.type == "cpu":
+        return "cpu"
+    if dev.type == "meta":
+        raise VerilensError(f"{what}: 'meta' holds no weights (every forward would fail); {_FIX}")
+    ok, n = _accelerator(dev.type)
+    if not ok:
+        raise VerilensError(f"{what}: device {s!r} asked for, but {dev.type} is not available here; {_FIX}")
+    if dev.index is not None and dev.index >= n:
+        raise VerilensError(f"{what}: device {s!r} does not exist here ({n} {dev.type} device(s) visible); {_FIX}")
+    return dev.type
+
+
+def check_device_map_values(device_map, max_memory) -> bool:
+    """Check the devices a device_map and max_memory name; True when a GPU is among them
+    (or, for the automatic maps, when CUDA is available): bfloat16 is then the default."""
+    if isinstance(max_memory, dict):
+        for k in max_memory:
+            check_device(k, f"max_memory key {k!r}")
+    elif max_memory is not None:
+        raise VerilensError(f"max_memory must be a dict {{device: size}} (e.g. {{0: '20GiB', 'cpu': '60GiB'}}), got "
+                            f"{type(max_memory).__name__}")
+    if isinstance(device_map, str) and device_map in AUTO_MAPS:
+        return torch.cuda.is_available()
+    if isinstance(device_map, (str, int, torch.device)) and not isinstance(device_map, bool):
+        kind = check_device(device_map, "device_map")
+        if kind == "disk":
+            raise VerilensError("device_map='disk' leaves nothing to compute on: map some modules to 'cpu' or a GPU")
+        return kind == "cuda"
+    if not isinstance(device_map, dict) or not device_map:
+        raise VerilensError(f"device_map must be one of {', '.join(map(repr, AUTO_MAPS))}, a device, or a non-empty "
+                            f"dict {{module name: device}}; got {device_map!r}"[:300])
+    kinds = set()
+    for k, v in device_map.items():
+        if not isinstance(k, str):
+            raise VerilensError(f"device_map keys are module names (strings, '' for the whole model), got {k!r}")
+        kinds.add(check_device(v, f"device_map[{k!r}]"))
+    if kinds == {"disk"}:
+        raise VerilensError("device_map sends every module to 'disk': map some modules to 'cpu' or a GPU")
+    return "cuda" in kinds
+
+
+def _meta_model(path_or_name):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(path_or_name)
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config)
+
+
+def check_map_covers(model, device_map: dict, source: str) -> None:
+    """Every key names a module (or parameter) of `model`, and every parameter and buffer
+    falls under a key: otherwise it would stay on the meta device."""
+    modules = {n for n, _ in model.named_modules()}
+    tensors = [n for n, _ in model.named_parameters()] + [n for n, _ in model.named_buffers()]
+    for k in device_map:
+        if k and k not in modules and k not in tensors:
+            close = difflib.get_close_matches(k, sorted(modules), n=3)
+            raise VerilensError(f"device_map names {k!r}, which is not a module of {source}"
+                                f"{'; did you mean ' + ', '.join(map(repr, close)) + '?' if close else ''}")
+    if "" in device_map:
+        return
+    keys = sorted(device_map, key=len)
+    stranded = [t for t in tensors if not any(t == k or t.startswith(k + ".") for k in keys)]
+    if stranded:
+        owners = list(dict.fromkeys(t.rsplit(".", 1)[0] for t in stranded))  # in the model's order
+        shown = ", ".join(repr(o) for o in owners[:6]) + (f" and {len(owners) - 6} more" if len(owners) > 6 else "")
+        raise VerilensError(f"device_map gives no device to {shown} of {source} (it would stay on the meta device); "
+                            f"add them to the map (e.g. {{{owners[0]!r}: 'cpu'}}) or use device_map='auto'")
+
+
+def check_device_map_modules(path_or_name, device_map, source: str) -> None:
+    """check_map_covers against the model's module tree, built on the meta device from its
+    config (no weights read)."""
+    if not isinstance(device_map, dict):
+        return
+    try:
+        model = _meta_model(path_or_name)
+    except Exception as e:  # the config is the user's file
+        raise VerilensError(f"could not read the config of {source} to check the device_map: {type(e).__name__}: "
+                            f"{str(e)[:200]}") from e
+    check_map_covers(model, device_map, source)
+
+
+def dispatch_kwargs(device_map, max_memory, offload_folder) -> dict:
+    """The from_pretrained keyword arguments of a placement (transformers passes them to accelerate)."""
+    out = {"device_map": device_map}
+    if max_memory is not None:
+        out["max_memory"] = max_memory
+    if offload_folder is not None:
+        out["offload_folder"] = str(offload_folder)
+    return out
+
+
+def dispatch_loaded(model, device_map, max_memory, offload_folder, source: str) -> None:
+    """Dispatch a model loaded whole on the CPU (a dequantised GGUF, which transformers
+    does not offload) by accelerate, as from_pretrained would have."""
+    from accelerate import dispatch_model, infer_auto_device_map
+    from accelerate.utils import get_balanced_memory
+
+    no_split = list(getattr(model, "_no_split_modules", None) or [])
+    if isinstance(device_map, str) and device_map in AUTO_MAPS:
+        budget = max_memory
+        if device_map != "sequential":
+            budget = get_balanced_memory(model, max_memory=max_memory, no_split_module_classes=no_split,
+                                         low_zero=device_map == "balanced_low_0")
+        device_map = infer_auto_device_map(model, max_memory=budget, no_split_module_classes=no_split)
+    elif not isinstance(device_map, dict):
+        device_map = {"": device_map}
+    else:
+        check_map_covers(model, device_map, source)
+    if "disk" in [str(v) for v in device_map.values()] and offload_folder is None:
+        raise VerilensError(f"{source}: the device_map sends modules to disk: pass offload_folder=DIR (where the "
+                            "dequantised weights are written)")
+    dispatch_model(model, device_map=device_map, offload_dir=None if offload_folder is None else str(offload_folder))
+    model.hf_device_map = dict(device_map)
