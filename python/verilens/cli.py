@@ -53,7 +53,9 @@ def analyze(
     out: Path = typer.Option(..., help="Output folder (report.html, report.json, figures/, cache/)."),
     problems: Optional[Path] = typer.Option(None, help="Problems file (parquet/JSON/JSONL with nums, target); "
                                                        "default: generated test-split problems."),
-    n: int = typer.Option(200, min=1, help="Problems to generate traces for."),
+    n: int = typer.Option(200, "--n", "--n-problems", min=1,
+                          help="Problems to generate traces for (under torchrun write --n-problems: torchrun's "
+                               "own parser takes --n for an abbreviation of its options)."),
     seed: int = typer.Option(0, help="Seed (problems, probes, random heads)."),
     template: str = typer.Option("base", help="Prompt: base, qwen-instruct, or icl (solved examples in context, "
                                               "for general reasoning models; use with --partial)."),
@@ -62,6 +64,10 @@ def analyze(
                                                                     "200 with --paper-settings)."),
     batch_size: int = typer.Option(32, min=1, help="Batch size for generation and forward passes."),
     n_contexts: int = typer.Option(300, min=1, help="Intervention contexts (correct attempts)."),
+    random_seeds: int = typer.Option(5, min=0, help="Random head sets (the baseline of the head ablations)."),
+    intervention_tokens: Optional[int] = typer.Option(None, min=1, help="Length of the continuations of the "
+                                                                         "interventions (default 100; 30 with "
+                                                                         "--paper-settings)."),
     paper_settings: bool = typer.Option(False, "--paper-settings", help="The authors' exact choices (36-layer model)."),
     partial: bool = typer.Option(False, help="Score a 'partial' outcome (general reasoning models that self-correct)."),
     bad_rows: str = typer.Option("skip", help="Bad rows in --problems: skip (report them) or error."),
@@ -72,28 +78,46 @@ def analyze(
     resume: bool = typer.Option(False, help="Continue an interrupted run in --out."),
     force: bool = typer.Option(False, help=_FORCE_HELP),
 ):
-    """Find how a model verifies its CountDown attempts: probes, GLU neurons, heads, interventions, report."""
+    """Find how a model verifies its CountDown attempts: probes, GLU neurons, heads, interventions, report.
+
+    Under torchrun (`torchrun --nproc_per_node N -m verilens analyze ...`) the sweeps are split across the ranks and
+    rank 0 writes the report, with the numbers of one process (docs/scale.md)."""
+    from . import dist
     from .analysis.pipeline import Settings, analyze as run_analyze
     from .models import load
 
-    # what can be checked without the model, before it loads (minutes for a large one)
-    _check_run_options(out, resume, force)
-    if bad_rows not in ("skip", "error"):
-        raise VerilensError(f"--bad-rows must be skip or error, not {bad_rows!r}")
-    if template not in ("base", "qwen-instruct", "icl"):
-        raise VerilensError(f"--template must be base, qwen-instruct or icl, not {template!r}")
-    for option, path in (("--problems", problems), ("--probe", probe)):
-        if path is not None and not path.is_file():
-            raise VerilensError(f"{option} {path}: no such file")
+    # under torchrun: the process group first, so that an error on any rank (a missing file, a model that does
+    # not load) is raised on every rank instead of leaving the others waiting
+    cuda = device is not None and device.startswith("cuda")
+    dist.init(cuda=cuda)
+    if cuda and dist.active() and device == "cuda":
+        device = f"cuda:{dist.env_world()[2]}"  # one GPU per process: LOCAL_RANK's
+
+    def prepare():
+        # what can be checked without the model, before it loads (minutes for a large one)
+        _check_run_options(out, resume, force)
+        if bad_rows not in ("skip", "error"):
+            raise VerilensError(f"--bad-rows must be skip or error, not {bad_rows!r}")
+        if template not in ("base", "qwen-instruct", "icl"):
+            raise VerilensError(f"--template must be base, qwen-instruct or icl, not {template!r}")
+        for option, path in (("--problems", problems), ("--probe", probe)):
+            if path is not None and not path.is_file():
+                raise VerilensError(f"{option} {path}: no such file")
+        return load(model, device=device, dtype=dtype)
+
+    m = dist.agree(prepare, what="could not start")
     kw = dict(n=n, seed=seed, template=template, shots=shots, batch_size=batch_size, n_contexts=n_contexts,
-              partial=partial)
-    if max_new_tokens is not None:  # else the default of the settings chosen (Settings or Settings.paper)
-        kw["max_new_tokens"] = max_new_tokens
+              partial=partial, random_seeds=random_seeds)
+    for name, value in (("max_new_tokens", max_new_tokens), ("intervention_tokens", intervention_tokens)):
+        if value is not None:  # else the default of the settings chosen (Settings or Settings.paper)
+            kw[name] = value
     settings = Settings.paper(**kw) if paper_settings else Settings(**kw)
-    m = load(model, device=device, dtype=dtype)
     run_analyze(m, out, settings, problems_file=problems, on_bad_row=bad_rows, probe_file=probe, resume=resume,
                 force=force, progress=sys.stderr.isatty())
-    typer.echo(f"report: {out / 'report.html'} (numbers: {out / 'report.json'})")
+    main = dist.is_main()
+    dist.shutdown()  # on an error the process ends instead, and torchrun stops the others
+    if main:
+        typer.echo(f"report: {out / 'report.html'} (numbers: {out / 'report.json'})")
 
 
 @app.command()

@@ -154,51 +154,75 @@ def run_conditions(model, contexts, conditions, max_new_tokens=100, batch_size=3
         raise ValueError(f"stop must be 'text' or 'authors', not {stop!r}")
     from tqdm.auto import tqdm
 
+    conts = {name: [] for name in conditions}
+    acts = {name: [] for name in conditions}
+    starts = range(0, len(contexts), batch_size)
+    bar = tqdm(total=len(starts) * len(conditions), disable=not progress, leave=False)
+    for s in starts:
+        for name, (c, a) in continue_batch(model, contexts[s:s + batch_size], conditions, max_new_tokens, neurons,
+                                           stop, bar):
+            conts[name] += c
+            acts[name] += a
+    bar.close()
+    return {name: (condition_table(conts[name], acts[name] if neurons else None, partial, rule), conts[name])
+            for name in conditions}
+
+
+def continue_batch(model, contexts, conditions, max_new_tokens=100, neurons=None, stop="text", bar=None):
+    """The work of `run_conditions` on one batch of contexts: the batch is prefilled once
+    (its clean pass) and every condition starts from that prefill. Yields (name,
+    (continuations, neuron activations)) condition by condition, in the order given; the
+    activations are floats (each context that reaches a " (" step gives one per neuron).
+    A batch's numbers depend only on its contexts (padding is per batch), so a sweep split
+    into batches gives the numbers of the whole run."""
     trigger = iv.at_token(" (")
     paren = trigger.resolve(model).token_id
     by_layer: dict[int, list[int]] = {}
     for l, i in neurons or ():
         by_layer.setdefault(int(l), []).append(int(i))
     names = [f"blocks.{l}.mlp.hook_post" for l in by_layer]
-    conts = {name: [] for name in conditions}
-    acts = {name: [] for name in conditions}
     stop_ids = authors_stop_ids(model.tokenizer) if stop == "authors" else None
-    starts = range(0, len(contexts), batch_size)
-    bar = tqdm(total=len(starts) * len(conditions), disable=not progress, leave=False)
-    for s in starts:
-        ids, mask = model.tokenize(list(contexts[s:s + batch_size]))
-        pre = model.prefill(ids, attention_mask=mask, cache_names=names or None, cache_device="cpu",
-                            cache_dtype=torch.float32)
-        for name, ivs in conditions.items():
+    ids, mask = model.tokenize(list(contexts))
+    pre = model.prefill(ids, attention_mask=mask, cache_names=names or None, cache_device="cpu",
+                        cache_dtype=torch.float32)
+    for name, ivs in conditions.items():
+        if bar is not None:
             bar.set_description(name)
-            with model.intervene(*ivs, when=trigger):
-                out = model.generate(pre, max_new_tokens=max_new_tokens, stop=STOPS if stop == "text" else None)
-            gen, cache = out.new_tokens, out.cache
-            if stop == "text":
-                kept = [gen.shape[1]] * gen.shape[0]
-                conts[name] += out.continuation
-            else:
-                rows = gen.cpu().tolist()
-                kept = [authors_stop(row, int(ids[r, -1]), stop_ids) for r, row in enumerate(rows)]
-                conts[name] += [model.tokenizer.decode(row[:k], skip_special_tokens=True) for row, k in zip(rows, kept)]
-            if cache is not None:
-                # step i is the pass whose last input token is gen[i - 1] (the context's last for i = 0)
-                last_in = torch.cat([ids[:, -1:], gen[:, :-1]], 1).cpu()
-                for r in range(gen.shape[0]):
-                    hits = (last_in[r, : kept[r] + 1] == paren).nonzero()  # steps the run made
-                    if len(hits):
-                        i = int(hits[0])
-                        acts[name] += [cache[f"blocks.{l}.mlp.hook_post"][r, i, idx] for l, idx in by_layer.items()]
+        with model.intervene(*ivs, when=trigger):
+            out = model.generate(pre, max_new_tokens=max_new_tokens, stop=STOPS if stop == "text" else None)
+        gen, cache = out.new_tokens, out.cache
+        if stop == "text":
+            kept = [gen.shape[1]] * gen.shape[0]
+            conts = list(out.continuation)
+        else:
+            rows = gen.cpu().tolist()
+            kept = [authors_stop(row, int(ids[r, -1]), stop_ids) for r, row in enumerate(rows)]
+            conts = [model.tokenizer.decode(row[:k], skip_special_tokens=True) for row, k in zip(rows, kept)]
+        acts = []
+        if cache is not None:
+            # step i is the pass whose last input token is gen[i - 1] (the context's last for i = 0)
+            last_in = torch.cat([ids[:, -1:], gen[:, :-1]], 1).cpu()
+            for r in range(gen.shape[0]):
+                hits = (last_in[r, : kept[r] + 1] == paren).nonzero()  # steps the run made
+                if len(hits):
+                    i = int(hits[0])
+                    for l, idx in by_layer.items():
+                        acts += cache[f"blocks.{l}.mlp.hook_post"][r, i, idx].tolist()
+        if bar is not None:
             bar.update()
-    bar.close()
-    res = {}
-    for name in conditions:
-        by_rule = {r: outcome_table([label(c, r, partial) for c in conts[name]]) for r in RULES}
-        table = {**by_rule[rule], "rule": rule, "by_rule": by_rule}
-        if names:
-            table["neuron_activation"] = float(torch.cat(acts[name]).mean()) if acts[name] else None
-        res[name] = (table, conts[name])
-    return res
+        yield name, (conts, acts)
+
+
+def condition_table(continuations, activations=None, partial=False, rule="verilens") -> dict:
+    """The outcome table of one condition from its continuations (and, when neurons were
+    watched, the list of their activations at the verdict step: `neuron_activation` is
+    their float32 mean, None when empty)."""
+    by_rule = {r: outcome_table([label(c, r, partial) for c in continuations]) for r in RULES}
+    table = {**by_rule[rule], "rule": rule, "by_rule": by_rule}
+    if activations is not None:
+        table["neuron_activation"] = float(torch.tensor(activations, dtype=torch.float32).mean()) \
+            if activations else None
+    return table
 
 
 def run_condition(model, contexts, interventions=(), max_new_tokens=100, batch_size=32, partial=False,

@@ -12,7 +12,13 @@ Steps (each cached in DIR/cache, so an interrupted run resumes where it stopped)
 Then DIR/report.json, DIR/figures/*.png and DIR/report.html (verilens.analysis.report).
 
 Defaults scale the paper's choices for a 36-layer Qwen2.5-3B to the model's depth and
-width; `Settings.paper()` is the authors' exact choices."""
+width; `Settings.paper()` is the authors' exact choices.
+
+Under torchrun (`torchrun --nproc_per_node N -m verilens analyze ...`) the sweeps are split
+across the ranks (analysis/sweep.py): traces by batch of problems, the verdict activations
+by batch of traces, interventions and the subspace's projection and steering by (batch of
+contexts, condition); rank 0 does the rest, gathers, and writes the report. The numbers are
+those of one process with the same settings (docs/scale.md)."""
 from __future__ import annotations
 
 import random
@@ -21,12 +27,13 @@ from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
+from .. import dist
 from ..countdown import generate_problems, load_problems
 from ..errors import VerilensError
 from ..hooks import interventions as iv
-from . import attribution, channel, glu, heads, lens, outcomes, probes
+from . import attribution, channel, glu, heads, lens, outcomes, probes, sweep
 from .rundir import RunDir
-from .traces import Site, Trace, check_sites, correct_contexts, generate_traces, site_activations, verdict_sites, wrong_contexts
+from .traces import Site, Trace, check_sites, correct_contexts, make_prompt, verdict_sites, wrong_contexts
 
 PAPER_LAYERS = 36  # Qwen2.5-3B: the depth the paper's layer choices refer to
 PAPER_D_MLP = 11008
@@ -126,28 +133,36 @@ def analyze(model, out, settings: Settings | None = None, problems_file=None, on
 
     if not model.cfg.gated_mlp:
         raise VerilensError(f"{model.name} has no GLU MLP (gate_proj/up_proj/down_proj); the analysis needs one")
-    settings = (settings or Settings()).resolved(model)
-    given_probe = probes.load_probe(probe_file, model) if probe_file is not None else None  # checks the shape first
-    run = RunDir(out, {"model": model.name, "probe_file": None if probe_file is None else str(probe_file),
-                       **asdict(settings)}, resume=resume, force=force)
+    if dist.launched() and not dist.active():  # called from a script under torchrun (the CLI starts it earlier)
+        dist.init(cuda=torch.device(model.device).type == "cuda")
+    settings, given_probe = dist.agree(lambda: (  # the probe's shape is checked first
+        (settings or Settings()).resolved(model),
+        probes.load_probe(probe_file, model) if probe_file is not None else None), what="could not start")
+    settings_json = {"model": model.name, "probe_file": None if probe_file is None else str(probe_file),
+                     **asdict(settings)}
+    _check_ranks(settings_json, settings, problems_file, probe_file)
+    run = RunDir(out, settings_json, resume=resume, force=force)
     times = {}
     torch.manual_seed(settings.seed)
+    main = dist.is_main()
+    if not main:  # rank 0 speaks for the job
+        progress, log = False, (lambda msg: None)
 
-    def timed(name, fn):
+    def timed(name, fn, split=False):
         t0 = time.perf_counter()
         log(f"[verilens] {name} ...")
-        r = run.step(name, fn)
+        r = run.step(name, fn, split=split)
         times[name] = round(time.perf_counter() - t0, 2)
         return r
 
     # 1. traces
     def step_traces():
         problems = _problems(settings, problems_file, on_bad_row)
-        traces = generate_traces(model, problems, settings.template, settings.max_new_tokens,
-                                 settings.batch_size, progress, settings.shots)
-        return [t.to_dict() for t in traces]
+        prompts = [make_prompt(p, settings.template, settings.shots) for p in problems]
+        gens = sweep.generate(run, "traces", model, prompts, settings.max_new_tokens, settings.batch_size, progress)
+        return [Trace(p, pr, g).to_dict() for p, pr, g in zip(problems, prompts, gens)]
 
-    traces = [Trace.from_dict(d) for d in timed("traces", step_traces)]
+    traces = [Trace.from_dict(d) for d in timed("traces", step_traces, split=True)]
     sites = [Site(**d) for d in timed("sites", lambda: [asdict(s) for s in verdict_sites(model, traces)])]
     check_sites(sites, traces)
     trace_stats = _trace_stats(traces, sites)
@@ -163,9 +178,11 @@ def analyze(model, out, settings: Settings | None = None, problems_file=None, on
         # token: a model may compute the verdict there and move it to " (" only in its last
         # layers), the tokens before them, in one pass over the traces
         before = [replace(s, token=s.token - 1) for s in sites]
-        both = site_activations(model, traces, sites + before, batch_size=max(1, settings.batch_size // 2),
-                                progress=progress)
-        acts, acts_b = both[: len(sites)], both[len(sites):]
+        both = sweep.site_activations(run, "probes", model, traces, sites + before,
+                                      batch_size=max(1, settings.batch_size // 2), progress=progress)
+        return dist.on_main(lambda: train(both[: len(sites)], both[len(sites):]))  # one training, on rank 0
+
+    def train(acts, acts_b):
         labels = torch.tensor([s.label for s in sites])
         gen = torch.tensor([s.trace for s in sites])
         if given_probe is not None:
@@ -185,9 +202,10 @@ def analyze(model, out, settings: Settings | None = None, problems_file=None, on
                 "n_train": torch.tensor(res.n_train), "n_val": torch.tensor(res.n_val),
                 "val_accuracy_before": torch.tensor(res_b.val_accuracy)}
 
-    pr = timed("probes", step_probes)
+    pr = timed("probes", step_probes, split=True)
     W = pr["W"]
-    probes.save_probe(W, run.out / "probe.pt")
+    if main:
+        probes.save_probe(W, run.out / "probe.pt")
     class_cos = torch.nn.functional.cosine_similarity(W[:, :, 0], W[:, :, 1], dim=-1)
 
     # 3. GLU selection
@@ -253,9 +271,10 @@ def analyze(model, out, settings: Settings | None = None, problems_file=None, on
         conditions[f"random_heads_{k}"] = [iv.ablate_heads(hs)]
 
     def step_interventions():
-        runs = outcomes.run_conditions(model, ctx_texts, {k: v for k, v in conditions.items() if v is not None},
-                                       settings.intervention_tokens, settings.batch_size, settings.partial,
-                                       neurons=variant_b, progress=progress, rule=rule, stop=stop)
+        conds = {k: v for k, v in conditions.items() if v is not None}
+        runs = sweep.conditions(run, "interventions", model, {"": (ctx_texts, conds, settings.partial, rule)},
+                                settings.intervention_tokens, settings.batch_size, neurons=variant_b, stop=stop,
+                                progress=progress)[""]
         res = {}
         for name, (table, conts) in runs.items():
             table["neuron_activation_drop"] = outcomes.activation_drop(runs["none"][0]["neuron_activation"],
@@ -264,7 +283,7 @@ def analyze(model, out, settings: Settings | None = None, problems_file=None, on
             res[name] = table
         return res
 
-    inter = timed("interventions", step_interventions)
+    inter = timed("interventions", step_interventions, split=True)
     # which components write the verdict on these contexts (attention or GLU neurons)
     attr = timed("attribution", lambda: attribution.verdict_attribution(model, ctx_texts))
     rand = [v for k, v in inter.items() if k.startswith("random_heads_")]
@@ -281,22 +300,25 @@ def analyze(model, out, settings: Settings | None = None, problems_file=None, on
     # 8. the subspace, causally
     def step_subspace():
         dirs = {l: W[l].T for l in settings.project_layers}  # both class vectors of each layer
-        proj, _ = outcomes.run_condition(model, ctx_texts, [iv.project_out(dirs, settings.project_layers)],
-                                         settings.intervention_tokens, settings.batch_size, settings.partial,
-                                         rule=rule, stop=stop)
         wrong = [c for c, _ in wrong_contexts(traces, settings.n_contexts)]
         norm = float(pr["site_norm"][settings.steer_layers].mean())
         alphas = settings.steer_alphas or [round(f * norm, 3) for f in (0.5, 1.0, 2.0)]
         vec = {l: W[l, :, 1] / W[l, :, 1].norm() for l in settings.steer_layers}
         steered = {"baseline": [], **{str(a): [iv.steer(vec, settings.steer_layers, alpha=a)] for a in alphas}}
-        runs = outcomes.run_conditions(model, wrong, steered, settings.intervention_tokens, settings.batch_size,
-                                       rule=rule, stop=stop) if wrong else {k: (None, []) for k in steered}
+        both = {"projection": (ctx_texts, {"condition": [iv.project_out(dirs, settings.project_layers)]},
+                               settings.partial, rule)}
+        if wrong:
+            both["steering"] = (wrong, steered, False, rule)
+        done = sweep.conditions(run, "subspace", model, both, settings.intervention_tokens, settings.batch_size,
+                                stop=stop, progress=progress)
+        proj, _ = done["projection"]["condition"]
+        runs = done["steering"] if wrong else {k: (None, []) for k in steered}
         rate = {k: outcomes.accepted_rate(conts, rule) for k, (_, conts) in runs.items()}
         return {"projection": {"layers": settings.project_layers, **proj},
                 "steering": {"layers": settings.steer_layers, "baseline_accepted": rate.pop("baseline"),
                              "n": len(wrong), "by_alpha": {a: {"accepted": r, "n": len(wrong)} for a, r in rate.items()}}}
 
-    sub = timed("subspace", step_subspace)
+    sub = timed("subspace", step_subspace, split=True)
 
     report = {
         "model": {"name": model.name, "source": model.source, **asdict(model.cfg)},
@@ -323,8 +345,36 @@ def analyze(model, out, settings: Settings | None = None, problems_file=None, on
         "subspace": sub,
         "seconds": times,
     }
-    write_report(report, run.out)
+    if main:
+        write_report(report, run.out)
+    dist.barrier()  # every rank ends after the report is written
     return report
+
+
+def _check_ranks(settings_json, settings, problems_file, probe_file) -> None:
+    """Under torchrun: the same settings and input files on every rank, and no more ranks
+    than the largest sweep has units (each rank must have work in some step); else the same
+    clear error on every rank, before anything is written."""
+    if not dist.active():
+        return
+    import hashlib
+
+    def digest(path):
+        return None if path is None else hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+    dist.check_same({**settings_json, "problems_file": digest(problems_file), "probe_file": digest(probe_file),
+                     "verilens": _versions()["verilens"]}, "settings")
+
+    def ceil(a, b):
+        return -(-a // b)
+
+    most = max(ceil(settings.n, settings.batch_size),
+               ceil(settings.n_contexts, settings.batch_size) * (5 + settings.random_seeds))
+    if dist.world_size() > most:
+        raise VerilensError(f"{dist.world_size()} ranks but at most {most} work units in any step of this run "
+                            f"(--n {settings.n}, --n-contexts {settings.n_contexts}, --batch-size "
+                            f"{settings.batch_size}, {settings.random_seeds} random head sets): use at most {most} "
+                            "processes (--nproc_per_node x nodes), or a smaller --batch-size")
 
 
 def _trace_stats(traces, sites) -> dict:
