@@ -112,10 +112,10 @@ def _rules_on_model(model, heads):
             assert " / ".join(f"{100 * t[k]:.1f}" for k in ("success", "mix", "fail")) in page
 
 
-def _their_loop_on_model(model, heads, max_new_tokens):
+def _their_loop_on_model(model, heads, max_new_tokens, must_stop=True, suffix=""):
     """run_conditions(stop="authors") gives, token for token, the continuations of the
     authors' generation loop (full recompute, hooks on " (" steps, first-token stops)."""
-    ctx = _contexts(model)[:4]
+    ctx = [c + suffix for c in _contexts(model)[:4]]
     ids, mask = model.tokenize(ctx)
 
     def forward(x, m, hooked):
@@ -133,7 +133,8 @@ def _their_loop_on_model(model, heads, max_new_tokens):
         theirs = model.tokenizer.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
         assert conts == theirs, name
         stopped += sum(len(model.tokenizer.encode(c, add_special_tokens=False)) < max_new_tokens for c in conts)
-    assert stopped > 0  # their stop rule fired somewhere (else this test would not test it)
+    if must_stop:  # their stop rule fired somewhere (else this test would not test it)
+        assert stopped > 0
 
 
 def test_both_rules_on_tiny(tiny):
@@ -153,10 +154,13 @@ def test_both_rules_on_smollm2(smollm2_dir):
 
 
 @pytest.mark.slow
-@pytest.mark.skip(reason="fails on SmolLM2-135M, not yet investigated, and runs > 30 min on this CPU: issue 23 notes")
 def test_their_generation_loop_on_smollm2(smollm2_dir):
+    # SmolLM2 is not trained on CountDown: it writes no newline within these tokens, so their
+    # stops never fire here (countdown-tiny's test covers them), and it may never write " (":
+    # the contexts end with " (" so the first step is a hooked one in both loops. 16 tokens:
+    # their full recompute every step costs ~4 min at 30 here.
     smol = verilens.load(smollm2_dir)
-    _their_loop_on_model(smol, [(3, 1), (10, 4), (20, 7)], 30)
+    _their_loop_on_model(smol, [(3, 1), (10, 4), (20, 7)], 16, must_stop=False, suffix=" (")
 
 
 # ------------------------------------------------------------------ 3. previous-token head keys
@@ -312,6 +316,5 @@ def test_online_probe_training_on_tiny(tiny):
 
 
 @pytest.mark.slow
-@pytest.mark.skip(reason="fails on SmolLM2-135M, not yet investigated, and runs > 30 min on this CPU: issue 23 notes")
 def test_online_probe_training_on_smollm2(smollm2_dir):
-    _online_training_on_model(verilens.load(smollm2_dir), n=24)
+    _online_training_on_model(verilens.load(smollm2_dir))
