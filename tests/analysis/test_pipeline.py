@@ -1,5 +1,6 @@
 """`verilens analyze` end to end on the built-in model, and its refusals of bad input."""
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -125,10 +126,14 @@ def test_settings_scale_with_depth(tiny):
     s = Settings().resolved(tiny)
     L = tiny.cfg.n_layers
     assert s.glu_layers == list(range(L // 2, L)) and s.glu_top_k >= 8
-    p = Settings.paper()
-    assert p.glu_layers == list(range(18, 36)) and p.glu_top_k == 50 and p.steer_alphas == [20.0]
+    qwen3b = SimpleNamespace(cfg=SimpleNamespace(n_layers=36, d_mlp=11008))  # Qwen2.5-3B's shape
+    p = Settings.paper().resolved(qwen3b)  # the authors' lists on their model
+    assert p.glu_layers == list(range(18, 36)) and p.steer_layers == list(range(24, 36))
+    assert p.glu_top_k == 50 and p.glu_top_n == 200 and p.steer_alphas == [20.0] and p.paper_settings
+    t = Settings.paper().resolved(tiny)  # the same fractions of another depth
+    assert t.glu_layers == s.glu_layers and t.steer_layers == s.steer_layers and t.glu_top_k == 50
     with pytest.raises(VerilensError, match="out of range"):
-        p.resolved(tiny)  # the paper's layers do not exist in a 6-layer model
+        Settings.paper(glu_layers=[18]).resolved(tiny)  # layers asked for must exist
 
 
 def test_given_probe_is_used_and_checked(run, tiny, tmp_path):

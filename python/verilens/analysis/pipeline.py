@@ -66,13 +66,15 @@ class Settings:
 
     @classmethod
     def paper(cls, **kw) -> "Settings":
-        """The authors' exact choices (for a 36-layer model)."""
+        """The authors' exact choices. Their layer ranges (GLU 18..35, steering 24..35 of
+        Qwen2.5-3B's 36) are left to `resolved`, which scales them with depth exactly as the
+        defaults do: on a 36-layer model they are the authors' lists, and any other depth gets
+        the same fractions instead of an out-of-range error."""
         # the authors' code (docs/analysis.md, "--paper-settings"): traces of 200 tokens (src/probe.py
         # max_response_length); continuations of 30 tokens: run() says 100, but every continuation
         # their notebook prints, from which the published table comes, is 30 tokens long
-        base = dict(glu_layers=list(range(18, 36)), glu_top_k=50, glu_top_n=200, head_threshold=0.1, head_top=50,
-                    top_k_heads=3, n_contexts=300, max_new_tokens=200, intervention_tokens=30,
-                    steer_layers=list(range(24, 36)), steer_alphas=[20.0], paper_settings=True)
+        base = dict(glu_top_k=50, glu_top_n=200, head_threshold=0.1, head_top=50, top_k_heads=3, n_contexts=300,
+                    max_new_tokens=200, intervention_tokens=30, steer_alphas=[20.0], paper_settings=True)
         return cls(**{**base, **kw})
 
     def resolved(self, model) -> "Settings":
@@ -138,6 +140,8 @@ def analyze(model, out, settings: Settings | None = None, problems_file=None, on
     settings, given_probe = dist.agree(lambda: (  # the probe's shape is checked first
         (settings or Settings()).resolved(model),
         probes.load_probe(probe_file, model) if probe_file is not None else None), what="could not start")
+    if settings.paper_settings and given_probe is None:  # their probe training's minimum, before any trace
+        probes.online_split(settings.n, seed=settings.seed)
     settings_json = {"model": model.name, "probe_file": None if probe_file is None else str(probe_file),
                      **asdict(settings)}
     _check_ranks(settings_json, settings, problems_file, probe_file)
