@@ -152,6 +152,19 @@ def hidden_states(src: ModelSource, token_ids, layers, *, context: str = "", bat
     return out
 
 
+def mean_cosine(X, block: int = 8192) -> float:
+    """Mean cosine similarity between distinct rows (anisotropy; zero rows left out):
+    (|sum_i u_i|^2 - V) / (V (V - 1)) over the unit rows u_i, in float64."""
+    s, V = None, 0
+    for i in range(0, X.shape[0], block):
+        x = torch.as_tensor(np.asarray(X[i:i + block])).double()
+        n = torch.linalg.vector_norm(x, dim=1)
+        u = x[n > 0] / n[n > 0, None]
+        s = u.sum(0) if s is None else s + u.sum(0)
+        V += u.shape[0]
+    return float((s @ s - V) / (V * (V - 1))) if V > 1 else float("nan")
+
+
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(name).name or name)[:60]
 

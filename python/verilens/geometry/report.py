@@ -28,7 +28,7 @@ from ..errors import VerilensError, check_out_folder
 from .correlation import distance_correlation, mantel
 from .emb2emb import fit_map, heldout_r2
 from ._inputs import METRICS
-from .hidden import MATCHES, Scratch, hidden_states, layer_plan, parse_layers
+from .hidden import MATCHES, Scratch, hidden_states, layer_plan, mean_cosine, parse_layers
 from .local import _knn_prepped, _prep, intrinsic_dimension, jaccard_rows, lle_agreement
 from ..models.embeddings import load_model_source
 from .vocab import shared_vocab
@@ -403,7 +403,8 @@ def _hidden_pair(a, b, na, nb, sv, mats, bad_rows, zero_rows, plan, metric, *, p
             X, Y = Ha[la], Hb[lb]
             info = distance_correlation(X, Y, metric, zero_rows="skip", return_info=True)
             row = {"layer_a": la, "layer_b": lb, "depth": (la if La <= Lb else lb) / Ls if Ls else 0.0,
-                   "r": info.r, "method": info.method, "tokens": info.n_tokens, "pairs": info.n_pairs}
+                   "r": info.r, "method": info.method, "tokens": info.n_tokens, "pairs": info.n_pairs,
+                   "mean_cosine_a": mean_cosine(X), "mean_cosine_b": mean_cosine(Y)}
             if permutations > 0:
                 row["mantel"] = _mantel_entry(X, Y, metric, permutations, mantel_tokens, seed)
             rows.append(row)
@@ -476,14 +477,16 @@ def _html(report: dict, pngs: dict) -> str:
                 mtxt = "" if not m else f"{m['p_value']:.3g} ({m['permutations']} perm., {m['tokens']} tokens)"
                 hrows.append(f"<tr><td>{e(p['a'])}</td><td>{e(p['b'])}</td><td>{row['layer_a']}</td>"
                              f"<td>{row['layer_b']}</td><td>{row['depth']:.3f}</td><td>{row['tokens']}</td>"
-                             f"<td>{row['r']:.4f}</td><td>{e(row['method'])}</td><td>{mtxt}</td></tr>")
+                             f"<td>{row['r']:.4f}</td><td>{e(row['method'])}</td><td>{mtxt}</td>"
+                             f"<td>{row['mean_cosine_a']:.3f} / {row['mean_cosine_b']:.3f}</td></tr>")
         hcfg = report["hidden"]
         hidden = (f"<h2>hidden: geometry by layer</h2><p>Each shared token in a fixed context: "
                   f"{e(hcfg['input'])}; context {e(repr(hcfg['context']))}. Layer 0 = the embedding output, layer l = "
                   f"the output of block l; layers matched by {e(hcfg['layer_match'])} depth.</p>"
                   f"{img('layers.png', 'r by layer')}"
                   f"<table><tr><th>A</th><th>B</th><th>layer of A</th><th>layer of B</th><th>depth</th><th>tokens</th>"
-                  f"<th>Pearson r</th><th>method</th><th>Mantel p</th></tr>{''.join(hrows)}</table>")
+                  f"<th>Pearson r</th><th>method</th><th>Mantel p</th><th>mean cosine A / B (anisotropy)</th></tr>"
+                  f"{''.join(hrows)}</table>")
     heat = img("heatmap.png", "correlation heatmap") if "heatmap.png" in pngs else ""
     cap = "all shared tokens" if report["max_tokens"] is None else f"sampled to at most {report['max_tokens']}"
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>verilens geometry</title>
