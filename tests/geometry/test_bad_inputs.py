@@ -126,3 +126,56 @@ def test_local_and_map_errors(rng):
         G.fit_map(A, B, alpha=-1)
     with pytest.raises(VerilensError, match="fit_map"):
         G.transfer(np.ones(4), "not a map")
+
+
+# ---------------------------------------------------------------------------------------------
+# `verilens geometry` on hostile input: one `verilens: error:` line each (verilens.cli.main)
+def _one_error_line(capsys, *args) -> str:
+    from verilens.cli import main
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("VERILENS_DEBUG", raising=False)
+        with pytest.raises(SystemExit) as e:
+            main(["geometry", *[str(a) for a in args]])
+    out, err = capsys.readouterr()
+    lines = [l for l in err.splitlines() if l.startswith("verilens: error:")]
+    assert e.value.code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def two_word_encoder(tmp_path_factory):
+    """A tiny BERT whose vocabulary shares exactly two words with tiny-lm's."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast
+
+    vocab = {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, "[MASK]": 4, "the": 5, "cat": 6, "zzqx": 7}
+    wp = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]"))
+    wp.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok = PreTrainedTokenizerFast(tokenizer_object=wp, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                                  sep_token="[SEP]", mask_token="[MASK]")
+    d = tmp_path_factory.mktemp("two-word") / "two-word-encoder"
+    BertModel(BertConfig(vocab_size=len(vocab), hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=16)).save_pretrained(d)
+    tok.save_pretrained(d)
+    return d
+
+
+def test_cli_hostile_geometry_options(capsys, tiny_models, two_word_encoder, tmp_path):
+    lm, enc = tiny_models
+    o = tmp_path / "o"
+    line = _one_error_line(capsys, lm, enc, "--what", "hidden", "--layers", "0,first", "--out", o)
+    assert "unknown layer 'first'" in line
+    line = _one_error_line(capsys, lm, enc, "--what", "hidden", "--layers", "0-2", "--out", o)
+    assert "layer 2 is out of range for tiny-lm: it has 1 blocks, so its hidden-state layers are 0..1" in line
+    line = _one_error_line(capsys, lm, enc, "--what", "unembed", "--out", o)
+    assert "tiny-encoder has no LM head" in line and "--what embed or --what hidden" in line
+    line = _one_error_line(capsys, lm, two_word_encoder, "--what", "embed,hidden", "--out", o)
+    assert "share only 2 usable tokens for embed: at least 3 are needed" in line
+    line = _one_error_line(capsys, "countdown-tiny", enc, "--out", o)
+    assert "the tokenizers share only 1 tokens" in line
+    assert "unknown metric 'manhattan'" in _one_error_line(capsys, lm, enc, "--metric", "manhattan", "--out", o)
+    assert "--what takes embed, unembed, hidden" in _one_error_line(capsys, lm, enc, "--what", "states", "--out", o)
+    assert "--layer-match must be one of" in _one_error_line(capsys, lm, enc, "--what", "hidden", "--layer-match",
+                                                             "closest", "--out", o)
+    assert not o.exists()  # nothing written by a refused run
