@@ -320,3 +320,30 @@ def test_auto_map_with_a_memory_budget(tiny_pair, tmp_path):
         torch.testing.assert_close(m(texts), ref(texts), **TOL)
     g1, g2 = ref.generate(texts, max_new_tokens=6), m.generate(texts, max_new_tokens=6)
     assert torch.equal(g1.tokens, g2.tokens)
+
+
+def test_fuse_on_a_dispatched_model(tiny_pair):
+    # verilens.fuse swaps the fused o_proj / GLU classes into the Hugging Face model; on a
+    # dispatched model accelerate's forward calls a method bound to the old class, so the
+    # swap must reach it, and the scales must live on the execution device (not meta)
+    ref, split = tiny_pair
+    l = _offloaded_layers(split)[0]
+    texts = _texts()
+    heads = torch.ones(ref.cfg.n_heads)
+    heads[[0, 3]] = 0
+    neurons = torch.ones(ref.cfg.d_mlp)
+    neurons[[1, 8, 40]] = 0
+    out = {}
+    with torch.no_grad():
+        clean = ref(texts)
+        for m in (ref, split):
+            fused = verilens.fuse(m.hf_model)
+            try:
+                fused.set_head_scale(l, heads)
+                fused.set_neuron_scale(l, neurons)
+                out[m] = m(texts)
+            finally:
+                fused.unfuse()
+        assert (out[ref] - clean).abs().max() > 1e-3
+        torch.testing.assert_close(out[split], out[ref], **TOL)
+        torch.testing.assert_close(split(texts), clean, **TOL)  # unfused: the plain model again

@@ -17,11 +17,14 @@ With no scale set (or a scale of ones) a fused module computes exactly what the 
 does; the scales act at every position of every pass."""
 from __future__ import annotations
 
+import types
+
 import torch
 from torch import nn
 
 from ..errors import VerilensError
 from ..hooks.arch import arch_for
+from ..hooks.placement import execution_device
 
 _FUSED_CLASSES: dict = {}
 
@@ -62,6 +65,24 @@ def _fused_class(mixin, cls):
     return _FUSED_CLASSES[key]
 
 
+def _swap_class(module, cls) -> None:
+    """module.__class__ = cls. On a model dispatched by accelerate (a device_map) the
+    module's forward is accelerate's wrapper around `_old_forward`, a method bound to the
+    old class: it is rebound too (and restored by `_restore_class`), so the fused forward
+    runs inside accelerate's, on the real (onloaded) weights."""
+    module.__class__ = cls
+    if "_old_forward" in module.__dict__ and getattr(module, "_hf_hook", None) is not None:
+        module.verilens_old_forward = module.__dict__["_old_forward"]
+        module._old_forward = types.MethodType(cls.forward, module)
+
+
+def _restore_class(module) -> None:
+    module.__class__ = module.verilens_original_class
+    old = module.__dict__.pop("verilens_old_forward", None)
+    if old is not None:
+        module._old_forward = old
+
+
 class Fused:
     """The handle `fuse` returns: per-layer masks, and `unfuse`."""
 
@@ -77,12 +98,12 @@ class Fused:
             o = self.arch.part(block, "o")
             if getattr(o, "verilens_original_class", None) is not None:
                 raise VerilensError("this model is fused already: use the handle fuse() returned (or unfuse() it)")
-            o.__class__ = _fused_class(_FusedOProj, type(o))
+            _swap_class(o, _fused_class(_FusedOProj, type(o)))
             o.verilens_n_heads, o.verilens_head_scale = self.n_heads, None
             self.o_projs.append(o)
             if self.glu:
                 mlp = self.arch.part(block, "mlp")
-                mlp.__class__ = _fused_class(_FusedGLU, type(mlp))
+                _swap_class(mlp, _fused_class(_FusedGLU, type(mlp)))
                 mlp.verilens_parts = tuple(getattr(self.arch, p)[len(self.arch.mlp) + 1:] for p in ("gate", "up", "down"))
                 mlp.verilens_neuron_scale = None
                 self.mlps.append(mlp)
@@ -92,10 +113,11 @@ class Fused:
             raise VerilensError(f"layer {layer} out of range (0..{len(self.layers) - 1})")
         return layer
 
-    def _scale(self, scale, n, what, like):
+    def _scale(self, scale, n, what, module):
         if scale is None:
             return None
-        scale = torch.as_tensor(scale, dtype=like.dtype, device=like.device)
+        # on the device the module computes on (its weight is on meta where a device_map offloaded it)
+        scale = torch.as_tensor(scale, dtype=module.weight.dtype, device=execution_device(module))
         if scale.shape != (n,):
             raise VerilensError(f"{what} scale must have shape ({n},), got {tuple(scale.shape)}")
         if not torch.isfinite(scale).all():
@@ -106,7 +128,7 @@ class Fused:
         """Per-head factors of layer `layer`'s attention output ([n_heads]; 0 ablates a head,
         None removes the mask)."""
         o = self.o_projs[self._layer(layer)]
-        o.verilens_head_scale = self._scale(scale, self.n_heads, "head", o.weight)
+        o.verilens_head_scale = self._scale(scale, self.n_heads, "head", o)
 
     def set_neuron_scale(self, layer: int, scale) -> None:
         """Per-neuron factors of layer `layer`'s GLU activation ([d_mlp]; 0 ablates)."""
@@ -114,13 +136,13 @@ class Fused:
             raise VerilensError("neuron masks need a SiLU GLU MLP (gate/up/down); this model has none")
         mlp = self.mlps[self._layer(layer)]
         down = getattr(mlp, mlp.verilens_parts[2])
-        mlp.verilens_neuron_scale = self._scale(scale, down.weight.shape[1], "neuron", down.weight)
+        mlp.verilens_neuron_scale = self._scale(scale, down.weight.shape[1], "neuron", down)
 
     def unfuse(self) -> None:
         """Every module back to its own class, without the verilens attributes."""
         for m in self.o_projs + self.mlps:
             if isinstance(m, (_FusedOProj, _FusedGLU)):
-                m.__class__ = m.verilens_original_class
+                _restore_class(m)
             for attr in ("verilens_n_heads", "verilens_head_scale", "verilens_parts", "verilens_neuron_scale"):
                 m.__dict__.pop(attr, None)
         self.o_projs, self.mlps = [], []
