@@ -180,7 +180,7 @@ def test_greedy_generation_plain_and_triggered(pair):
     g1, g2 = ref.generate(texts, max_new_tokens=10), split.generate(texts, max_new_tokens=10)
     assert torch.equal(g1.tokens, g2.tokens)
     l = _offloaded_layers(split)[0]
-    names = [f"blocks.{l}.hook_resid_post", f"blocks.{l}.attn.hook_z"]
+    names = [f"blocks.{l}.hook_resid_post", f"blocks.{l}.attn.hook_z", f"blocks.{l}.attn.hook_pattern"]
     for ivs in ([verilens.ablate_heads([(l, 0), (l, 2)])], [verilens.ablate_neurons({l: [1, 4]}, positions="last")]):
         # the trigger fires on the prompt's " (" where a row ends in one, and on every
         # generated " ("; the generation runs under the KV cache (two caches / last mode)
@@ -347,3 +347,39 @@ def test_fuse_on_a_dispatched_model(tiny_pair):
         assert (out[ref] - clean).abs().max() > 1e-3
         torch.testing.assert_close(out[split], out[ref], **TOL)
         torch.testing.assert_close(split(texts), clean, **TOL)  # unfused: the plain model again
+
+
+def test_other_generation_modes_prefill_patch_and_pos_slice(tiny_pair):
+    # the KV-cache modes not covered above ("plain" with edits inside the cache, "recompute"
+    # for a mean ablation over the current pass), a prefill reused by two conditions, a
+    # patch, and TransformerLens' pos_slice
+    ref, split = tiny_pair
+    texts = _texts()
+    rows = [texts[0] + " (", texts[1]]
+    l = _offloaded_layers(split)[1]
+    conditions = [
+        ([verilens.ablate_heads([(l, 1)])], None),
+        ([verilens.ablate_heads([(l, 2)], mode="mean")], verilens.at_token(" (")),
+        ([verilens.patch(f"blocks.{l}.hook_mlp_out", lambda x, hook: 0.5 * x)], None),
+    ]
+    for ivs, when in conditions:
+        out = []
+        for m in (ref, split):
+            with m.intervene(*ivs, when=when):
+                out.append(m.generate(rows, max_new_tokens=8, cache_names=[f"blocks.{l}.hook_resid_post"]))
+        assert torch.equal(out[0].tokens, out[1].tokens), ivs
+        torch.testing.assert_close(out[1].cache[f"blocks.{l}.hook_resid_post"],
+                                   out[0].cache[f"blocks.{l}.hook_resid_post"], **TOL)
+    gens = {}
+    for m in (ref, split):
+        pre = m.prefill(rows)
+        gens[m] = [m.generate(pre, max_new_tokens=8).tokens]
+        with m.intervene(verilens.ablate_neurons({l: [0, 3]}, positions="last"), when=verilens.at_token(" (")):
+            gens[m].append(m.generate(pre, max_new_tokens=8).tokens)
+    assert all(torch.equal(a, b) for a, b in zip(gens[ref], gens[split]))
+    with torch.no_grad():
+        _, a = ref.run_with_cache(texts, names_filter=lambda n: n.endswith("attn.hook_z"), pos_slice=slice(-3, None))
+        _, b = split.run_with_cache(texts, names_filter=lambda n: n.endswith("attn.hook_z"), pos_slice=slice(-3, None))
+    for k in a.keys():
+        assert b[k].shape[1] == 3
+        torch.testing.assert_close(b[k], a[k], **TOL)

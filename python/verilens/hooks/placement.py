@@ -135,7 +135,8 @@ def check_placement(hf_model, what: str = "the model") -> None:
 
 
 def refuse_move(hf_model) -> None:
-    if is_dispatched(hf_model) and len(devices(hf_model) | ({"disk"} if any(
-            is_offloaded(m) for m in hf_model.modules()) else set())) > 1:
+    """`.to(...)` of a model accelerate dispatched would break its hooks (transformers
+    dispatches only a model that spans devices or offloads): refused."""
+    if is_dispatched(hf_model):
         raise VerilensError("this model is dispatched by accelerate over several devices (a device_map); it cannot "
                             "be moved as a whole: load it again with another device_map, or with device=...")
