@@ -1,0 +1,185 @@
+"""`verilens analyze` under torchrun (issue 21, part 2): 2 ranks on CPU (gloo, one thread
+each) give the report of one process, number for number; a rank killed mid-run is resumed
+with --resume, recomputing only the units missing; bad launches (mismatched settings, a
+rank without the model files, more ranks than work units) are one clear error on every
+rank with nothing written."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import verilens
+from verilens import dist
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+for _k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "VERILENS_DEBUG"):
+    ENV.pop(_k, None)
+# the smallest settings that run every step and give every sweep several units: 2 trace batches, 4 activation
+# batches, 6 intervention conditions, 1 projection and 4 steering conditions; a fixed random probe skips training
+ARGS = ["--n-problems", "8", "--max-new-tokens", "200", "--batch-size", "4", "--n-contexts", "2",
+        "--intervention-tokens", "6", "--random-seeds", "1"]
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+
+
+def analyze_cmd(out, probe, *extra):
+    return ["-m", "verilens", "analyze", "--out", str(out), "--probe", str(probe), *ARGS, *extra]
+
+
+def run(cmd, timeout=600):
+    p = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=timeout)
+    return p
+
+
+def report(out):
+    r = json.loads((out / "report.json").read_text())
+    r.pop("seconds")  # wall times differ between runs; every number must not
+    return r
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("dist")
+    m = verilens.load("countdown-tiny")
+    probe = d / "probe.pt"
+    torch.save(torch.randn(m.cfg.n_layers, m.cfg.d_model, 2, generator=torch.Generator().manual_seed(0)), probe)
+    one = run([sys.executable, *analyze_cmd(d / "one", probe)])
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = run([*TORCHRUN, *analyze_cmd(d / "two", probe)])
+    assert two.returncode == 0, two.stderr[-3000:]
+    return d, probe, report(d / "one"), two
+
+
+def test_two_ranks_give_the_report_of_one_process(runs):
+    d, _, want, two = runs
+    got = report(d / "two")
+    assert got == want  # every number, every continuation, every head set
+    # rank 0 alone speaks and writes the report; every unit of every sweep was done once
+    assert two.stdout.count("report:") == 1 and two.stdout.count("[verilens] traces") == 1
+    units = {s.name: sorted(f.name for f in s.glob("*.pt")) for s in (d / "two" / "cache" / "units").iterdir()}
+    assert {k: len(v) for k, v in units.items()} == {"traces": 2, "probes": 4, "interventions": 6, "subspace": 5}
+    assert torch.equal(torch.load(d / "two" / "probe.pt"), torch.load(d / "one" / "probe.pt"))
+
+
+def _children(pid):
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(c) for c in f.read().split()]
+
+
+def _rank_of(pid):
+    try:
+        env = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+    except OSError:
+        return None
+    for e in env:
+        if e.startswith(b"RANK="):
+            return int(e[5:])
+    return None
+
+
+@pytest.mark.slow
+def test_killed_rank_resumes_only_the_missing_units(runs):
+    d, probe, want, _ = runs
+    out = d / "killed"
+    p = subprocess.Popen([*TORCHRUN, *analyze_cmd(out, probe)], env=ENV, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    # mid-run: the traces are done, the later sweeps are not
+    deadline = time.time() + 300
+    while not (out / "cache" / "traces.json.sha256").exists():
+        assert p.poll() is None and time.time() < deadline, "the run ended before its traces were written"
+        time.sleep(0.05)
+    workers = {_rank_of(c): c for c in _children(p.pid)}
+    os.kill(workers[1], signal.SIGKILL)
+    _, stderr = p.communicate(timeout=120)
+    assert p.returncode != 0, "torchrun must fail the job when a rank dies"
+    assert not (out / "report.json").exists()
+    before = {f: f.stat().st_mtime_ns for f in (out / "cache" / "units").rglob("*.pt")}
+    assert len([f for f in before if f.parent.name == "traces"]) == 2
+
+    again = run([*TORCHRUN, *analyze_cmd(out, probe, "--resume")])
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert report(out) == want
+    # the units finished before the kill were read, not recomputed
+    assert all(f.stat().st_mtime_ns == t for f, t in before.items())
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch_by_hand(args_by_rank, timeout=300):
+    """One process per rank with the environment torchrun would give it (so that each rank
+    can be given its own command line, as on nodes started separately)."""
+    port = str(_free_port())
+    procs = []
+    for r, args in enumerate(args_by_rank):
+        env = {**ENV, "WORLD_SIZE": str(len(args_by_rank)), "RANK": str(r), "LOCAL_RANK": str(r),
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "VERILENS_DIST_TIMEOUT": "120"}
+        procs.append(subprocess.Popen([sys.executable, *args], env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))
+    outs = [p.communicate(timeout=timeout) for p in procs]
+    return [(p.returncode, stderr) for p, (_, stderr) in zip(procs, outs)]
+
+
+def _error_lines(stderr):
+    return [line for line in stderr.splitlines() if line.startswith("verilens: error:")]
+
+
+def test_mismatched_settings_fail_on_every_rank(runs, tmp_path):
+    _, probe, _, _ = runs
+    out = tmp_path / "r"
+    res = launch_by_hand([analyze_cmd(out, probe), analyze_cmd(out, probe, "--seed", "1")])
+    for code, stderr in res:
+        assert code != 0
+        errors = _error_lines(stderr)
+        assert len(errors) == 1 and "different settings" in errors[0] and "seed" in errors[0], stderr[-2000:]
+    assert not out.exists()  # nothing written
+
+
+def test_rank_without_the_model_files_fails_on_every_rank(runs, tmp_path):
+    _, probe, _, _ = runs
+    out = tmp_path / "r"
+    missing = tmp_path / "no-such-model"
+    res = launch_by_hand([analyze_cmd(out, probe, "--model", str(missing)) if r == 1 else analyze_cmd(out, probe)
+                          for r in range(2)])
+    for code, stderr in res:
+        assert code != 0
+        errors = _error_lines(stderr)
+        assert len(errors) == 1 and "rank 1 could not start" in errors[0] and "no-such-model" in errors[0], \
+            stderr[-2000:]
+    assert not out.exists()
+
+
+DRIVER = """
+import sys
+from verilens import dist
+from verilens.analysis.pipeline import Settings, _check_ranks
+dist.init()
+s = Settings(n=4, batch_size=4, n_contexts=1, random_seeds=0)
+_check_ranks({"n": 4}, s, None, None)
+"""
+
+
+def test_more_ranks_than_work_units_fail_on_every_rank(tmp_path):
+    """4 problems in one batch, one context and 5 conditions: at most 5 units in any step, so
+    a sixth rank would never work: a clear error on every rank."""
+    res = launch_by_hand([["-c", DRIVER]] * 6)
+    for code, stderr in res:
+        assert code != 0
+        assert "6 ranks but at most 5 work units" in stderr, stderr[-2000:]
+
+
+def test_split_is_contiguous_balanced_and_complete():
+    for n in range(0, 23):
+        for w in range(1, 7):
+            parts = [dist.split(n, r, w) for r in range(w)]
+            assert [i for p in parts for i in p] == list(range(n))
+            assert max(map(len, parts)) - min(map(len, parts)) <= 1
+    assert not dist.active() and dist.gather(3) == [3] and dist.broadcast(4) == 4
