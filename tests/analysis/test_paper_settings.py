@@ -318,3 +318,40 @@ def test_online_probe_training_on_tiny(tiny):
 @pytest.mark.slow
 def test_online_probe_training_on_smollm2(smollm2_dir):
     _online_training_on_model(verilens.load(smollm2_dir))
+
+
+# ------------------------------------------------------------------ 5. the whole command
+
+
+@pytest.mark.slow  # 384 traces of 200 tokens (their probe training's minimum): ~2 min here
+def test_analyze_paper_settings_end_to_end(tmp_path):
+    """`verilens analyze --paper-settings` as a user runs it, on countdown-tiny: the authors'
+    lengths, layer fractions, probe token, online probe split and outcome rule all reach the
+    report, and a probe trained in one step is said to be untrained."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    res = subprocess.run([sys.executable, "-m", "verilens", "analyze", "--model", "countdown-tiny", "--paper-settings",
+                          "--n", "384", "--n-contexts", "3", "--random-seeds", "1", "--out", str(out)],
+                         env={**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}, capture_output=True,
+                         text=True, timeout=1200)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "the authors' probe training made 1 steps" in res.stderr  # 384 = 256 validation + one batch of 128
+    r = json.loads((out / "report.json").read_text())
+    s, L = r["settings"], r["model"]["n_layers"]
+    assert s["paper_settings"] and s["max_new_tokens"] == 200 and s["intervention_tokens"] == 30
+    assert s["glu_top_k"] == 50 and s["glu_top_n"] == 200 and s["steer_alphas"] == [20.0]
+    assert s["glu_layers"] == list(range(L // 2, L)) and s["steer_layers"] == list(range(round(L * 24 / 36), L))
+    assert r["probe_position"] == "before_marker" and r["probe_generations"] == {"train": 128, "val": 256}
+    tok, recounted = verilens.load("countdown-tiny").tokenizer, 0
+    for name, t in r["interventions"].items():
+        assert t["rule"] == "authors", name
+        assert all(t[k] == t["by_rule"]["authors"][k] for k in ("success", "mix", "fail")), name
+        if "examples" in t and t["n"] == len(t["examples"]):  # every continuation shown: recount them
+            labels = [classify_authors(c) for c in t["examples"]]
+            assert all(t[k] == outcome_table(labels)[k] for k in ("success", "mix", "fail")), name
+            assert all(len(tok.encode(c, add_special_tokens=False)) <= 30 for c in t["examples"]), name
+            recounted += 1
+    assert recounted >= 5  # none, the two GLU sets, the top heads, the previous-token heads
