@@ -157,10 +157,13 @@ def barrier() -> None:
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
-    """The elementwise sum of `t` over ranks, in place (a no-op in one process). The sum is
-    taken on CPU over the gloo group, so its order is fixed: rank 0 + rank 1 + ... in float64
-    gives the same bits on every run."""
+    """The elementwise sum of `t` over ranks, in place (a no-op in one process). A CUDA
+    tensor under NCCL is reduced by NCCL; any other is gathered over gloo and added on CPU
+    in rank order (rank 0 + rank 1 + ...), the same order on every run."""
     if not active():
+        return t
+    if t.is_cuda and torch.distributed.get_backend() == "nccl":
+        torch.distributed.all_reduce(t)
         return t
     parts = gather(t.detach().cpu())
     total = parts[0].clone()
