@@ -209,6 +209,8 @@ def test_weight_views_read_the_real_weights(pair):
         torch.testing.assert_close(lw_b[k], lw_a[k], rtol=0, atol=0, msg=k)
     for prop in ("W_U", "W_E", "final_norm_gain"):
         torch.testing.assert_close(getattr(split, prop), getattr(ref, prop), rtol=0, atol=0, msg=prop)
+    torch.testing.assert_close(split.tokens_to_residual_directions([5, 9]), ref.tokens_to_residual_directions([5, 9]),
+                               rtol=0, atol=0)
     torch.testing.assert_close(split.accumulated_bias(ref.cfg.n_layers - 1, mlp_input=True),
                                ref.accumulated_bias(ref.cfg.n_layers - 1, mlp_input=True), rtol=0, atol=0)
     # the channel scores (OV x GLU input alignment) from the weights alone

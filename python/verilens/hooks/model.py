@@ -234,8 +234,9 @@ class HookedModel:
         gain * W_U[:, token] (TransformerLens folds the gain into W_U; here it is unfolded)."""
         if isinstance(tokens, str):
             tokens = self.to_single_token(tokens)
-        t = torch.as_tensor(tokens, dtype=torch.long, device=self.W_U.device)
-        return (self.W_U[:, t].movedim(0, -1) * self.final_norm_gain).detach()
+        W_U = self.W_U  # read once (a device_map may have offloaded it)
+        t = torch.as_tensor(tokens, dtype=torch.long, device=W_U.device)
+        return (W_U[:, t].movedim(0, -1) * self.final_norm_gain.to(W_U.device)).detach()
 
     def to_single_token(self, string: str) -> int:
         ids = self.tokenizer.encode(string, add_special_tokens=False)
