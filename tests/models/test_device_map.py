@@ -269,8 +269,8 @@ def _without(key):
 
 
 BAD_MAPS = {
-    "no such gpu": ({**_full_map(), "model.layers.2": "cuda:7"}, "cuda:7"),
-    "no such gpu index": ({**_full_map(), "model.layers.2": 7}, "GPU 7 does not exist"),
+    "no such gpu": ({**_full_map(), "model.layers.2": "cuda:99"}, "cuda:99"),
+    "no such gpu index": ({**_full_map(), "model.layers.2": 99}, "GPU 99 does not exist"),
     "meta": ({**_full_map(), "model.norm": "meta"}, "'meta' holds no weights"),
     "not a device": ({**_full_map(), "model.norm": "gpu"}, "unknown device 'gpu'"),
     "missing rotary": (_without("model.rotary_emb"), "no device to 'model.rotary_emb'"),
