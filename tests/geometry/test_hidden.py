@@ -199,3 +199,20 @@ def test_report_fields_and_unembed_of_encoder(tiny_models, deep_lm, tmp_path):
     assert html.count("data:image/png;base64,") == 2 and "geometry by layer" in html
     assert "not available" in html and "http" not in html.replace("http-equiv", "")  # self-contained
     assert (out / "layers.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_context_goes_between_start_and_token():
+    """--context: [start] + the context's ids + [token], read at the token, as transformers gives."""
+    from transformers import AutoModelForCausalLM
+
+    src = load_model_source("countdown-tiny")
+    ctx = src.tokenizer("Using the numbers", add_special_tokens=False)["input_ids"]
+    assert len(ctx) >= 2
+    ids = np.arange(5, 40)
+    H = hidden_states(src, ids, [2], context="Using the numbers", batch_size=8)[2]
+    m = AutoModelForCausalLM.from_pretrained(builtin_path("countdown-tiny"))
+    seq = torch.tensor([[src.tokenizer.eos_token_id, *ctx, int(t)] for t in ids])
+    with torch.no_grad():
+        ref = m(input_ids=seq, output_hidden_states=True).hidden_states[2][:, -1]
+    np.testing.assert_allclose(H, ref.numpy(), rtol=1e-4, atol=1e-5)
+    assert not np.allclose(H, hidden_states(src, ids, [2])[2], atol=1e-3)  # the context matters
