@@ -275,7 +275,7 @@ BAD_MAPS = {
     "not a device": ({**_full_map(), "model.norm": "gpu"}, "unknown device 'gpu'"),
     "missing rotary": (_without("model.rotary_emb"), "no device to 'model.rotary_emb'"),
     "missing lm_head": (_without("lm_head"), "no device to 'lm_head'"),
-    "missing a layer": (_without("model.layers.4"), "no device to 'model.layers.4.self_attn.q_proj'"),
+    "missing a layer": (_without("model.layers.4"), "no device to 'model.layers.4' of"),
     "unknown module": ({**_full_map(), "model.layer.1": "cpu"}, "did you mean 'model.layers.1'"),
     "all on disk": ({k: "disk" for k in _full_map()}, "nothing to compute on|every module to 'disk'"),
     "not a map": (["cpu"], "device_map must be"),

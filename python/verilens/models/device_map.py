@@ -116,10 +116,29 @@ def check_map_covers(model, device_map: dict, source: str) -> None:
     keys = sorted(device_map, key=len)
     stranded = [t for t in tensors if not any(t == k or t.startswith(k + ".") for k in keys)]
     if stranded:
-        owners = list(dict.fromkeys(t.rsplit(".", 1)[0] for t in stranded))  # in the model's order
+        owners = _top_modules(stranded, tensors, modules)
         shown = ", ".join(repr(o) for o in owners[:6]) + (f" and {len(owners) - 6} more" if len(owners) > 6 else "")
         raise VerilensError(f"device_map gives no device to {shown} of {source} (it would stay on the meta device); "
                             f"add them to the map (e.g. {{{owners[0]!r}: 'cpu'}}) or use device_map='auto'")
+
+
+def _top_modules(stranded: list, tensors: list, modules: set) -> list:
+    """The outermost modules all of whose tensors are in `stranded` (plus stranded tensors
+    outside any such module), in the model's order: "model.layers.4", not its 9 Linears."""
+    lost = set(stranded)
+    under = {}
+    for t in tensors:
+        parts = t.split(".")
+        for i in range(1, len(parts)):
+            under.setdefault(".".join(parts[:i]), []).append(t)
+    whole = {m for m, ts in under.items() if m in modules and all(t in lost for t in ts)}
+    top = {m for m in whole if not any(m.startswith(o + ".") for o in whole if o != m)}
+    out = []
+    for t in stranded:
+        owner = next((m for m in top if t.startswith(m + ".")), t)
+        if owner not in out:
+            out.append(owner)
+    return out
 
 
 def check_device_map_modules(path_or_name, device_map, source: str) -> None:
