@@ -385,3 +385,19 @@ def test_other_generation_modes_prefill_patch_and_pos_slice(tiny_pair):
     for k in a.keys():
         assert b[k].shape[1] == 3
         torch.testing.assert_close(b[k], a[k], **TOL)
+
+
+def test_gradient_caches(tiny_pair):
+    # run_with_cache(incl_bwd=True): the backward pass runs through the offloaded layers
+    ref, split = tiny_pair
+    texts = _texts()
+    l = _offloaded_layers(split)[0]
+    names = [f"blocks.{l}.hook_resid_post", f"blocks.{l}.attn.hook_z", "blocks.0.hook_resid_pre"]
+    la, a = ref.run_with_cache(texts, names_filter=names, incl_bwd=True, return_type="loss")
+    lb, b = split.run_with_cache(texts, names_filter=names, incl_bwd=True, return_type="loss")
+    ref.zero_grad()
+    split.zero_grad()
+    torch.testing.assert_close(lb, la, **TOL)
+    assert sorted(a.keys()) == sorted(b.keys()) and len(a.keys()) == 6
+    for k in a.keys():
+        torch.testing.assert_close(b[k], a[k], **TOL, msg=k)
