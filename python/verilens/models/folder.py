@@ -122,27 +122,94 @@ def safetensors_header(file: Path) -> dict:
     return out
 
 
-def _weight_files(path: Path) -> tuple[list[Path], list[Path]]:
-    """(safetensors files, torch .bin files) of the folder, from the shard index if there is one."""
-    for index, kind in (("model.safetensors.index.json", "st"), ("pytorch_model.bin.index.json", "bin")):
+def _read_index(path: Path, index: str) -> dict[str, str]:
+    """{tensor name: shard file name} of a shard index, after checking every shard is there."""
+    try:
+        weight_map = json.loads((path / index).read_text())["weight_map"]
+        if not isinstance(weight_map, dict) or not weight_map or not all(
+                isinstance(k, str) and isinstance(v, str) and v and "/" not in v and "\\" not in v
+                for k, v in weight_map.items()):
+            raise ValueError("its weight_map is not a mapping of tensor names to shard file names in the folder")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
+        why = str(e)[:100]
+        raise VerilensError(f"{path / index} is not a valid shard index ({why}); download the model folder "
+                            "again") from e
+    missing = sorted({f for f in weight_map.values() if not (path / f).is_file()})
+    if missing:
+        raise VerilensError(f"{path}: weight shards named in {index} are missing: {', '.join(missing[:5])}; "
+                            "download them (all shards are needed)")
+    return weight_map
+
+
+def _weight_files(path: Path) -> tuple[list[Path], dict[str, str] | None, str | None]:
+    """(weight files transformers would read, {tensor: shard} of the shard index or None, the index's
+    name), in transformers' order of preference: model.safetensors, its shard index,
+    pytorch_model.bin, its shard index."""
+    if (path / "model.safetensors").is_file():
+        return [path / "model.safetensors"], None, None
+    for single, index in (("model.safetensors", "model.safetensors.index.json"),
+                          ("pytorch_model.bin", "pytorch_model.bin.index.json")):
+        if single != "model.safetensors" and (path / single).is_file():
+            return [path / single], None, None
         if (path / index).exists():
-            try:
-                files = sorted(set(json.loads((path / index).read_text())["weight_map"].values()))
-                assert all(isinstance(f, str) for f in files)
-            except (OSError, ValueError, KeyError, TypeError, AttributeError, AssertionError, RecursionError) as e:
-                raise VerilensError(f"{path / index} is not a valid shard index ({str(e)[:100]}); "
-                                    "download the model folder again") from e
-            missing = [f for f in files if not (path / f).is_file()]
-            if missing:
-                raise VerilensError(f"{path}: weight shards named in {index} are missing: {', '.join(missing[:5])}; "
-                                    "download them (all shards are needed)")
-            return ([path / f for f in files], []) if kind == "st" else ([], [path / f for f in files])
-    st = [path / "model.safetensors"] if (path / "model.safetensors").is_file() else []
-    bins = [path / "pytorch_model.bin"] if (path / "pytorch_model.bin").is_file() else []
-    if not st and not bins:
-        raise VerilensError(f"{path} holds no weights (model.safetensors, pytorch_model.bin or a sharded index); "
-                            "download the full model folder")
-    return st, bins
+            weight_map = _read_index(path, index)
+            return [path / f for f in sorted(set(weight_map.values()))], weight_map, index
+    raise VerilensError(f"{path} holds no weights (model.safetensors, pytorch_model.bin or a sharded index); "
+                        "download the full model folder")
+
+
+def torch_checkpoint_shapes(file: Path) -> dict[str, list[int]] | None:
+    """{tensor name: shape} of a torch checkpoint (pytorch_model.bin) from its pickle alone: the
+    zip archive is checked whole (a truncated one has no central directory) and every record
+    inside the file, then unpickled with weights_only onto the meta device from a memory map,
+    so no weight is read. None for the legacy (pre-zip) format, whose shapes cannot be had
+    without reading the weights (transformers then reads it, and a failure is still one error)."""
+    import torch
+
+    redownload = "download it again"
+    try:
+        size = file.stat().st_size
+        with open(file, "rb") as fh:
+            is_zip = fh.read(4) == b"PK\x03\x04"
+        if not is_zip:
+            return None
+        if not zipfile.is_zipfile(file):
+            raise VerilensError(f"{file} is truncated (an incomplete zip archive, {size} bytes); {redownload}")
+        with zipfile.ZipFile(file) as z:
+            for info in z.infolist():  # records laid out past the end of the file, or compressed (torch never)
+                if info.header_offset + info.compress_size > size or info.compress_size != info.file_size:
+                    raise VerilensError(f"{file} is damaged (its record {info.filename} does not fit the file); "
+                                        f"{redownload}")
+    except OSError as e:
+        raise VerilensError(f"cannot read {file}: {e}") from e
+    except (zipfile.BadZipFile, ValueError, EOFError) as e:
+        raise VerilensError(f"{file} is not a valid torch checkpoint ({str(e)[:100]}); {redownload}") from e
+    try:
+        sd = torch.load(file, mmap=True, weights_only=True, map_location="meta")
+    except Exception as e:  # a damaged archive or a pickle with anything but tensors (weights_only refuses it)
+        raise VerilensError(f"{file} is not a valid torch checkpoint ({type(e).__name__}: {str(e)[:150]}); "
+                            f"{redownload}") from e
+    if not isinstance(sd, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in sd.items()):
+        raise VerilensError(f"{file} is not a state dict (a mapping of tensor names to tensors); {redownload}")
+    return {k: list(v.shape) for k, v in sd.items()}
+
+
+def check_weight_files(path: Path) -> dict:
+    """Check that the folder's weight files are present and whole, and that every tensor a
+    shard index lists is in its shard; returns {tensor name: (file, shape)} (read from the
+    safetensors headers and the torch pickles; empty for a legacy-format .bin)."""
+    files, weight_map, index = _weight_files(path)
+    tensors, per_file = {}, {}
+    for f in files:
+        shapes = ({n: s for n, (_, s) in safetensors_header(f).items()} if f.suffix == ".safetensors"
+                  else torch_checkpoint_shapes(f))
+        per_file[f.name] = shapes
+        tensors.update({name: (f, shape) for name, shape in (shapes or {}).items()})
+    for name, shard in (weight_map or {}).items():
+        if per_file.get(shard) is not None and name not in per_file[shard]:
+            raise VerilensError(f"{path / shard} does not hold the tensor {name} that {index} places in it: the "
+                                "shards and the index are from different downloads; download the model folder again")
+    return tensors
 
 
 def _expected_shapes(cfg: dict) -> list[tuple[re.Pattern, list[int]]]:
@@ -151,49 +218,113 @@ def _expected_shapes(cfg: dict) -> list[tuple[re.Pattern, list[int]]]:
     hd = cfg.get("head_dim") or d // heads
     rules = [(r"embed_tokens\.weight", [cfg["vocab_size"], d]), (r"lm_head\.weight", [cfg["vocab_size"], d]),
              (r"self_attn\.q_proj\.weight", [heads * hd, d]), (r"self_attn\.k_proj\.weight", [kv * hd, d]),
-             (r"self_attn\.v_proj\.weight", [kv * hd, d]), (r"self_attn\.o_proj\.weight", [d, heads * hd])]
+             (r"self_attn\.v_proj\.weight", [kv * hd, d]), (r"self_attn\.o_proj\.weight", [d, heads * hd]),
+             (r"self_attn\.q_proj\.bias", [heads * hd]), (r"self_attn\.k_proj\.bias", [kv * hd]),
+             (r"self_attn\.v_proj\.bias", [kv * hd]), (r"self_attn\.o_proj\.bias", [d]),
+             (r"self_attn\.[qk]_norm\.weight", [hd]),
+             (r"(?:input|post_attention|pre_feedforward|post_feedforward)_layernorm\.weight", [d]),
+             (r"norm\.weight", [d])]
     if inter:
         rules += [(r"mlp\.gate_proj\.weight", [inter, d]), (r"mlp\.up_proj\.weight", [inter, d]),
-                  (r"mlp\.down_proj\.weight", [d, inter])]
+                  (r"mlp\.down_proj\.weight", [d, inter]), (r"mlp\.(?:gate|up)_proj\.bias", [inter]),
+                  (r"mlp\.down_proj\.bias", [d])]
     return [(re.compile(r"(?:^|\.)" + p + "$"), s) for p, s in rules]
 
 
-_LAYER_RE = re.compile(r"(?:^|\.)layers\.(\d+)\.")
+_LAYER_RE = re.compile(r"(?:^|\.)layers\.(\d+)\.(.+)$")
+# tensors every layer of every supported family has (transformers would fill a missing one with
+# random numbers and only warn)
+_LAYER_TENSORS = ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight",
+                  "self_attn.o_proj.weight", "mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight",
+                  "input_layernorm.weight")
 
 
-def check_weight_files(path: Path) -> dict:
-    """Check that the folder's weight files are present and whole; returns {tensor name:
-    (file, shape)} of its safetensors files (empty for torch .bin weights)."""
-    st_files, bin_files = _weight_files(path)
-    for f in bin_files:  # a torch zip checkpoint: a truncated one has no end-of-archive record
-        with open(f, "rb") as fh:
-            is_zip_format = fh.read(2) == b"PK"
-        if is_zip_format and not zipfile.is_zipfile(f):
-            raise VerilensError(f"{f} is truncated (an incomplete zip archive); download it again")
-    tensors = {}
-    for f in st_files:
-        tensors.update({name: (f, shape) for name, (_, shape) in safetensors_header(f).items()})
-    return tensors
+def _check_complete(path: Path, cfg: dict, tensors: dict) -> None:
+    """Every tensor the config implies is there: embeddings, the final norm, each layer's
+    projections and input norm, and lm_head when config.json says it is not tied."""
+    per_layer: dict[int, set] = {}
+    for name in tensors:
+        if m := _LAYER_RE.search(name):
+            per_layer.setdefault(int(m.group(1)), set()).add(m.group(2))
+    layers, n = set(per_layer), cfg["num_hidden_layers"]
+    if layers != set(range(n)):
+        raise VerilensError(f"{path}: config.json says {n} layers, the weights hold layers "
+                            f"{min(layers, default='-')}..{max(layers, default='-')} ({len(layers)} of them); the "
+                            "weights and config.json are from different models, or shards are missing")
+    where = ", ".join(sorted({f.name for f, _ in tensors.values()}))
+    for i in range(n):
+        missing = [t for t in _LAYER_TENSORS if t not in per_layer[i]]
+        if missing:
+            raise VerilensError(f"{path}: layer {i} has no {', '.join(missing[:3])} in {where}; the weight files "
+                                "are incomplete or not of this model family; download the model folder again")
+    outside = [name for name in tensors if not _LAYER_RE.search(name)]
+    needed = [("embed_tokens.weight", r"(?:^|\.)embed_tokens\.weight$"), ("norm.weight", r"(?:^|\.)norm\.weight$")]
+    if cfg.get("tie_word_embeddings") is False:
+        needed.append(("lm_head.weight", r"(?:^|\.)lm_head\.weight$"))
+    for label, pattern in needed:
+        if not any(re.search(pattern, name) for name in outside):
+            raise VerilensError(f"{path}: the weights ({where}) have no {label}; the weight files are incomplete; "
+                                "download the model folder again")
 
 
 def check_model_folder(path: Path) -> dict:
-    """Check config.json and the weight files of a causal LM folder; returns the config."""
+    """Check config.json and the weight files of a causal LM folder: present, whole, every
+    tensor the config implies there and of the config's shape; returns the config."""
     cfg = read_config(path / "config.json")
     tensors = check_weight_files(path)
     if not tensors or cfg.get("quantization_config"):
-        return cfg  # quantised weights have other shapes; torch .bin shapes need the whole file
+        return cfg  # quantised weights have other shapes; a legacy .bin's shapes need the whole file
     rules = _expected_shapes(cfg)
     for name, (f, shape) in tensors.items():
         for pattern, want in rules:
             if pattern.search(name) and shape != want:
                 raise VerilensError(
                     f"{f}: tensor {name} has shape {shape}, but config.json (hidden_size {cfg['hidden_size']}, "
-                    f"{cfg['num_attention_heads']} heads, intermediate_size {cfg.get('intermediate_size')}, "
-                    f"vocab_size {cfg['vocab_size']}) needs {want}: the weights and config.json are from different "
-                    "models; download the folder again")
-    layers = {int(m.group(1)) for name in tensors if (m := _LAYER_RE.search(name))}
-    if layers and layers != set(range(cfg["num_hidden_layers"])):
-        raise VerilensError(f"{path}: config.json says {cfg['num_hidden_layers']} layers, the weights hold layers "
-                            f"{min(layers)}..{max(layers)} ({len(layers)} of them); the weights and config.json are "
-                            "from different models, or shards are missing")
+                    f"{cfg['num_attention_heads']} heads, {cfg.get('num_key_value_heads') or cfg['num_attention_heads']}"
+                    f" key/value heads, head_dim {cfg.get('head_dim') or cfg['hidden_size'] // cfg['num_attention_heads']}"
+                    f", intermediate_size {cfg.get('intermediate_size')}, vocab_size {cfg['vocab_size']}) needs "
+                    f"{want}: the weights and config.json are from different models; download the folder again")
+    _check_complete(path, cfg, tensors)
     return cfg
+
+
+def check_gguf_file(file: Path) -> None:
+    """Check a .gguf file with the gguf package's reader before transformers reads it: the
+    header and metadata parse, it lists tensors, and every tensor's data (offset + size)
+    lies inside the file. The reader memory-maps the file: no weight is read. (Without the
+    gguf package this is skipped; loading then asks for it.)"""
+    try:
+        import gguf
+    except ImportError:
+        return
+    redownload = "download it again (or pass a model folder)"
+    try:
+        size = file.stat().st_size
+    except OSError as e:
+        raise VerilensError(f"cannot read {file}: {e}") from e
+    if size == 0:
+        raise VerilensError(f"{file} is empty, not a GGUF model; {redownload}")
+    try:
+        with open(file, "rb") as fh:
+            magic = fh.read(4)
+    except OSError as e:
+        raise VerilensError(f"cannot read {file}: {e}") from e
+    if magic != b"GGUF":
+        raise VerilensError(f"{file} is not a GGUF file (it does not start with the GGUF magic bytes); {redownload}")
+    try:
+        reader = gguf.GGUFReader(file)
+    except OSError as e:
+        raise VerilensError(f"cannot read {file}: {e}") from e
+    except Exception as e:  # the reader's IndexError / ValueError on a file cut off or damaged
+        raise VerilensError(f"{file} is truncated or damaged ({size} bytes; its header, metadata or tensor table "
+                            f"cannot be read: {type(e).__name__}: {str(e)[:120]}); {redownload}") from e
+    try:
+        if not reader.tensors:
+            raise VerilensError(f"{file} holds no tensors (a GGUF header without weights); {redownload}")
+        last = max(reader.tensors, key=lambda t: int(t.data_offset) + int(t.n_bytes))
+        end = int(last.data_offset) + int(last.n_bytes)
+        if end > size:
+            raise VerilensError(f"{file} is truncated: its tensor {last.name} ends at byte {end}, the file holds "
+                                f"{size}; {redownload}")
+    finally:
+        del reader
