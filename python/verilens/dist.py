@@ -133,12 +133,23 @@ def split(n: int, rank_: int | None = None, world: int | None = None) -> range:
     return range(start, start + q + (r < extra))
 
 
+def _collective(fn):
+    """fn() (a collective); a timeout or a lost peer becomes a clear error."""
+    try:
+        return fn()
+    except RuntimeError as e:  # gloo / NCCL: "Timed out waiting ...", "Connection closed by peer", ...
+        raise VerilensError(
+            f"rank {rank()}: the other ranks did not answer ({str(e).splitlines()[0][-160:]}): a rank stopped, "
+            f"or ran more than VERILENS_DIST_TIMEOUT={timeout_seconds():g} s behind the others; rerun with "
+            "--resume (raise VERILENS_DIST_TIMEOUT if the ranks' shares of a step differ that much)") from e
+
+
 def gather(obj) -> list:
     """[obj of rank 0, obj of rank 1, ...] on every rank ([obj] in one process)."""
     if not active():
         return [obj]
     out = [None] * world_size()
-    torch.distributed.all_gather_object(out, obj, group=_objects)
+    _collective(lambda: torch.distributed.all_gather_object(out, obj, group=_objects))
     return out
 
 
@@ -147,13 +158,13 @@ def broadcast(obj, src: int = 0):
     if not active():
         return obj
     box = [obj if rank() == src else None]
-    torch.distributed.broadcast_object_list(box, src=src, group=_objects)
+    _collective(lambda: torch.distributed.broadcast_object_list(box, src=src, group=_objects))
     return box[0]
 
 
 def barrier() -> None:
     if active():
-        torch.distributed.barrier(group=_objects)
+        _collective(lambda: torch.distributed.barrier(group=_objects))
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
@@ -163,7 +174,7 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     if not active():
         return t
     if t.is_cuda and torch.distributed.get_backend() == "nccl":
-        torch.distributed.all_reduce(t)
+        _collective(lambda: torch.distributed.all_reduce(t))
         return t
     parts = gather(t.detach().cpu())
     total = parts[0].clone()

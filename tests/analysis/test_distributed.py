@@ -183,3 +183,65 @@ def test_split_is_contiguous_balanced_and_complete():
             assert [i for p in parts for i in p] == list(range(n))
             assert max(map(len, parts)) - min(map(len, parts)) <= 1
     assert not dist.active() and dist.gather(3) == [3] and dist.broadcast(4) == 4
+
+
+UNITS_DRIVER = """
+import sys
+from verilens import dist
+from verilens.analysis.rundir import RunDir
+from verilens.errors import VerilensError
+dist.init()
+run = RunDir(sys.argv[1], {"test": 1})
+
+def compute(keys):
+    for k in keys:
+        if k == 3:
+            raise VerilensError("unit 3 cannot be done")
+        yield k, k * k
+
+try:
+    run.units("sweep", 4, compute)  # rank 0 does 0 and 1, rank 1 does 2, then fails at 3
+except VerilensError as e:
+    print("error:", e, file=sys.stderr, flush=True)
+    sys.exit(3)
+"""
+
+
+def test_a_failing_unit_is_the_same_error_on_every_rank_and_finished_units_stay(tmp_path):
+    res = launch_by_hand([["-c", UNITS_DRIVER, str(tmp_path / "r")]] * 2)
+    for code, stderr in res:
+        assert code == 3 and "error: rank 1 failed in step 'sweep': unit 3 cannot be done" in stderr, stderr[-2000:]
+    units = sorted(f.name for f in (tmp_path / "r" / "cache" / "units" / "sweep").glob("*.pt"))
+    assert units == ["000000.pt", "000001.pt", "000002.pt"]
+
+
+HANG_DRIVER = """
+import sys, time
+from verilens import dist
+from verilens.errors import VerilensError
+dist.init()
+if dist.rank() == 1:
+    time.sleep(120)  # a rank that hangs
+try:
+    dist.gather(dist.rank())
+except VerilensError as e:
+    print(e, file=sys.stderr, flush=True)
+    sys.exit(3)
+"""
+
+
+def test_a_hung_rank_ends_the_job_at_the_timeout(tmp_path):
+    port = str(_free_port())
+    env = {**ENV, "WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": port, "VERILENS_DIST_TIMEOUT": "5"}
+    hung = subprocess.Popen([sys.executable, "-c", HANG_DRIVER], env={**env, "RANK": "1", "LOCAL_RANK": "1"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        t0 = time.time()
+        p = subprocess.run([sys.executable, "-c", HANG_DRIVER], env=env, capture_output=True, text=True, timeout=100)
+        assert p.returncode == 3 and "did not answer" in p.stderr and "VERILENS_DIST_TIMEOUT=5" in p.stderr, \
+            p.stderr[-2000:]
+        assert time.time() - t0 < 90
+    finally:
+        hung.kill()
+        hung.wait()
