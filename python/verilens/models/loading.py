@@ -13,7 +13,7 @@ import torch
 from ..errors import VerilensError
 
 from ..hooks.arch import SUPPORTED_MODEL_TYPES, arch_for
-from .folder import check_model_folder
+from .folder import check_gguf_file, check_model_folder
 
 BUILTIN = {"countdown-tiny": "countdown-tiny"}
 
@@ -123,6 +123,7 @@ def load(name_or_path, device=None, dtype=None, device_map=None, max_memory=None
         elif path.is_file():
             if path.suffix != ".gguf":
                 raise VerilensError(f"{path} is a file but not a .gguf; pass a model folder or a GGUF file")
+            check_gguf_file(path)  # header, tensor table, data inside the file (a truncated download)
             gguf_file, path = path.name, path.parent
         elif not (path / "config.json").exists():
             raise VerilensError(f"{path} has no config.json: not a Hugging Face model folder")
