@@ -1,6 +1,7 @@
 """The `verilens` command. Every subcommand has --help."""
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -172,7 +173,19 @@ def eval_cmd(
 
 from .geometry.cli import geometry as _geometry_cmd  # noqa: E402
 
-app.command("geometry")(_geometry_cmd)
+
+@functools.wraps(_geometry_cmd)
+def _geometry(*args, **kwargs):
+    from . import dist
+
+    if dist.launched():  # every rank would write the same outputs at once
+        raise VerilensError("verilens geometry does not run under torchrun yet (each rank would write the report); "
+                            "run it as one process. From Python, the closed form splits its rows across ranks once "
+                            "verilens.dist.init() has started the process group (docs/scale.md)")
+    return _geometry_cmd(*args, **kwargs)
+
+
+app.command("geometry")(_geometry)
 
 
 def _debug_requested(args: list[str]) -> bool:

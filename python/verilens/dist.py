@@ -144,13 +144,18 @@ def _collective(fn):
             "--resume (raise VERILENS_DIST_TIMEOUT if the ranks' shares of a step differ that much)") from e
 
 
-def gather(obj) -> list:
-    """[obj of rank 0, obj of rank 1, ...] on every rank ([obj] in one process)."""
+def gather(obj, to_all: bool = True) -> list | None:
+    """[obj of rank 0, obj of rank 1, ...] on every rank ([obj] in one process); with
+    `to_all=False` on rank 0 only (None elsewhere)."""
     if not active():
         return [obj]
     out = [None] * world_size()
-    _collective(lambda: torch.distributed.all_gather_object(out, obj, group=_objects))
-    return out
+    if to_all:
+        _collective(lambda: torch.distributed.all_gather_object(out, obj, group=_objects))
+        return out
+    main = is_main()
+    _collective(lambda: torch.distributed.gather_object(obj, out if main else None, dst=0, group=_objects))
+    return out if main else None
 
 
 def broadcast(obj, src: int = 0):

@@ -49,3 +49,13 @@ def test_closed_form_split_across_ranks_equals_one_process(tmp_path, ranks):
         assert len(got[k]) == len(want[k])
         assert max(abs(a - b) for a, b in zip(got[k], want[k])) <= 1e-12, k
     assert 0.3 < want["5000-cosine"][0] < 0.95  # a real correlation, not a degenerate one
+
+
+def test_geometry_command_refuses_torchrun(tmp_path):
+    """The command writes its report from every process: under torchrun it stops with one
+    clear line instead of several ranks writing the same files."""
+    env = {**ENV, "WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1"}
+    p = subprocess.run([sys.executable, "-m", "verilens", "geometry", "countdown-tiny", "countdown-tiny", "--out",
+                        str(tmp_path / "g")], env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2 and "does not run under torchrun yet" in p.stderr, p.stderr[-2000:]
+    assert not (tmp_path / "g").exists()

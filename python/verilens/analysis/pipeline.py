@@ -185,7 +185,8 @@ def analyze(model, out, settings: Settings | None = None, problems_file=None, on
         before = [replace(s, token=s.token - 1) for s in sites]
         both = sweep.site_activations(run, "probes", model, traces, sites + before,
                                       batch_size=max(1, settings.batch_size // 2), progress=progress)
-        return dist.on_main(lambda: train(both[: len(sites)], both[len(sites):]))  # one training, on rank 0
+        # one training, on rank 0 (the activations are gathered there only)
+        return dist.on_main(lambda: train(both[: len(sites)], both[len(sites):]))
 
     def train(acts, acts_b):
         labels = torch.tensor([s.label for s in sites])

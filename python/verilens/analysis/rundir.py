@@ -142,12 +142,12 @@ class RunDir:
         dist.on_main(write)
         return result
 
-    def units(self, name: str, n: int, compute) -> dict:
-        """The results of units 0..n-1 of step `name`, on every rank. This rank does its
-        share (`dist.split(n)`): units it finished before are read from
-        cache/units/NAME/, the others computed by `compute(keys)`, a generator of (key,
-        result), and each is written as soon as it is done. An error on any rank is raised
-        on every rank."""
+    def units(self, name: str, n: int, compute, main_only: bool = False) -> dict | None:
+        """The results {unit: result} of units 0..n-1 of step `name`, on every rank (with
+        `main_only`, on rank 0 only: None elsewhere). This rank does its share
+        (`dist.split(n)`): units it finished before are read from cache/units/NAME/, the
+        others computed by `compute(keys)`, a generator of (key, result), and each is
+        written as soon as it is done. An error on any rank is raised on every rank."""
         folder = self.units_dir / name
         mine = list(dist.split(n))
         done: dict[int, object] = {}
@@ -167,8 +167,11 @@ class RunDir:
         except Exception as e:  # noqa: BLE001 - every rank raises it (dist.agree)
             status = (False, dist._pickled(e))
         dist.agree(lambda: _raise_if(status), what=f"failed in step '{name}'")
+        parts = dist.gather(done, to_all=not main_only)
+        if parts is None:
+            return None
         merged: dict[int, object] = {}
-        for part in dist.gather(done):
+        for part in parts:
             merged.update(part)
         missing = sorted(set(range(n)) - set(merged))
         if missing:

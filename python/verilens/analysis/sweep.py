@@ -39,8 +39,9 @@ def generate(run, step, model, prompts, max_new_tokens, batch_size, progress=Fal
     return [g for k in range(len(batches)) for g in done[k]]
 
 
-def site_activations(run, step, model, traces, sites, batch_size, progress=False) -> torch.Tensor:
-    """traces.site_activations split by its batches of traces: [n_sites, n_layers, d_model]."""
+def site_activations(run, step, model, traces, sites, batch_size, progress=False) -> torch.Tensor | None:
+    """traces.site_activations split by its batches of traces: [n_sites, n_layers, d_model],
+    gathered on rank 0 only (None on the others: the probes are trained there)."""
     from tqdm.auto import tqdm
 
     from .traces import site_activations as read
@@ -56,7 +57,9 @@ def site_activations(run, step, model, traces, sites, batch_size, progress=False
             # one batch of exactly the traces the single-process loop puts together
             yield k, read(model, traces, [sites[j] for j in chunks[k]], batch_size=batch_size, progress=False)
 
-    done = run.units(step, len(chunks), compute)
+    done = run.units(step, len(chunks), compute, main_only=True)
+    if done is None:
+        return None
     out = torch.empty(len(sites), model.cfg.n_layers, model.cfg.d_model)
     for k, rows in enumerate(chunks):
         out[rows] = done[k]
