@@ -177,7 +177,7 @@ def test_fused_ops_read_the_offloaded_weights(tiny_pair, monkeypatch):
 def test_greedy_generation_plain_and_triggered(pair):
     ref, split, texts = pair
     texts = [texts[0][:150], texts[1]]
-    g1, g2 = ref.generate(texts, max_new_tokens=10), split.generate(texts, max_new_tokens=10)
+    g1, g2 = ref.generate(texts, max_new_tokens=8), split.generate(texts, max_new_tokens=8)
     assert torch.equal(g1.tokens, g2.tokens)
     l = _offloaded_layers(split)[0]
     names = [f"blocks.{l}.hook_resid_post", f"blocks.{l}.attn.hook_z", f"blocks.{l}.attn.hook_pattern"]
@@ -188,7 +188,7 @@ def test_greedy_generation_plain_and_triggered(pair):
         out = []
         for m in (ref, split):
             with m.intervene(*ivs, when=verilens.at_token(" (")):
-                out.append(m.generate(rows, max_new_tokens=12, cache_names=names))
+                out.append(m.generate(rows, max_new_tokens=8, cache_names=names))
         a, b = out
         assert torch.equal(a.tokens, b.tokens), ivs
         for n in names:
