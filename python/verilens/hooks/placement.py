@@ -99,18 +99,6 @@ def input_device(hf_model) -> torch.device:
     return dev or execution_device(hf_model) or torch.device("cpu")
 
 
-def devices(hf_model) -> set[str]:
-    """The execution devices of the model's modules, as strings."""
-    out = set()
-    for m in hf_model.modules():
-        if next(m.parameters(recurse=False), None) is None:
-            continue
-        dev = execution_device(m)
-        if dev is not None:
-            out.add(str(dev))
-    return out
-
-
 def check_placement(hf_model, what: str = "the model") -> None:
     """Raise unless every parameter and buffer is either real or offloaded by accelerate
     (loaded at forward time): one left on the meta device would make every forward fail,
@@ -119,7 +107,7 @@ def check_placement(hf_model, what: str = "the model") -> None:
     for mname, m in hf_model.named_modules():
         hook = hf_hook(m)
         wmap = getattr(hook, "weights_map", None) if is_offloaded(m) else None
-        for kind, tensors in (("parameter", m.named_parameters(recurse=False)), ("buffer", m.named_buffers(recurse=False))):
+        for tensors in (m.named_parameters(recurse=False), m.named_buffers(recurse=False)):
             for tname, t in tensors:
                 if t is None or not t.is_meta:
                     continue

@@ -267,7 +267,7 @@ class HookSession:
                 a = out[0] if is_tuple else out
                 new = self._apply(n("hook_attn_out"), l, a)
                 if self.wants(n("hook_resid_mid")):
-                    pre = self.info.stash[("resid_pre", l)].to(new.device)  # the layer's input, maybe from another device
+                    pre = self.info.stash[("resid_pre", l)].to(new.device)  # the layer's input: maybe another device
                     mid = pre + new
                     mid_new = self._apply(n("hook_resid_mid"), l, mid)
                     if mid_new is not mid:
