@@ -139,3 +139,262 @@ def test_truncated_encoder_weights(tmp_path, small_tokenizer):
     w.write_bytes(w.read_bytes()[:-100])
     with pytest.raises(VerilensError, match="model.safetensors is truncated"):
         load_embeddings(str(d))
+
+
+# ------------------------------------------------- shapes and completeness in every weight format
+
+def tiny_state():
+    from safetensors.torch import load_file
+
+    return load_file(str(builtin_path("countdown-tiny") / "model.safetensors"))
+
+
+def logits_of(d):
+    import torch
+
+    m = verilens.load(d)
+    ids = m.tokenizer("8 3 5 = 7", return_tensors="pt").input_ids
+    with torch.no_grad():
+        return m.hf_model(ids).logits
+
+
+def write_shards(d, state, fmt, n=2):
+    """Replace the folder's weights by `n` shards of `state` in `fmt` ("safetensors" or "bin")
+    with the index transformers writes; returns {tensor: shard}."""
+    import torch
+    from safetensors.torch import save_file
+
+    (d / "model.safetensors").unlink(missing_ok=True)
+    names = sorted(state)
+    weight_map = {}
+    for i in range(n):
+        shard = (f"model-{i + 1:05d}-of-{n:05d}.safetensors" if fmt == "safetensors"
+                 else f"pytorch_model-{i + 1:05d}-of-{n:05d}.bin")
+        part = {k: state[k].contiguous() for k in names[i::n]}
+        save_file(part, d / shard) if fmt == "safetensors" else torch.save(part, d / shard)
+        weight_map.update({k: shard for k in part})
+    index = "model.safetensors.index.json" if fmt == "safetensors" else "pytorch_model.bin.index.json"
+    (d / index).write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    return weight_map
+
+
+def write_bin(d, state):
+    import torch
+
+    (d / "model.safetensors").unlink(missing_ok=True)
+    torch.save(state, d / "pytorch_model.bin")
+
+
+def write_safetensors(d, state):
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in state.items()}, d / "model.safetensors")
+
+
+WRONG = [  # (tensor, wrong shape, the shape config.json implies)
+    ("model.layers.2.self_attn.k_proj.weight", [65, 192], [64, 192]),
+    ("model.layers.0.self_attn.q_proj.bias", [190], [192]),
+    ("model.layers.5.post_attention_layernorm.weight", [191], [192]),
+    ("model.norm.weight", [192, 1], [192]),
+    ("model.embed_tokens.weight", [575, 192], [576, 192]),
+    ("model.layers.4.mlp.down_proj.weight", [576, 192], [192, 576]),
+]
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "bin", "safetensors-shards", "bin-shards"])
+def test_every_weight_format_loads_the_same_model(folder, fmt):
+    """The checks accept countdown-tiny in each format transformers reads, and it is the same model."""
+    want = logits_of(folder)
+    state = tiny_state()
+    if fmt == "bin":
+        write_bin(folder, state)
+    elif fmt.endswith("shards"):
+        write_shards(folder, state, fmt.split("-")[0], n=3)
+    assert not (folder / "model.safetensors").exists() or fmt == "safetensors"
+    assert (logits_of(folder) - want).abs().max() == 0
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "bin", "safetensors-shards", "bin-shards"])
+@pytest.mark.parametrize("name,shape,want", WRONG)
+def test_a_tensor_of_the_wrong_shape_is_named(folder, fmt, name, shape, want):
+    import torch
+
+    state = tiny_state()
+    state[name] = torch.zeros(shape, dtype=state[name].dtype)
+    if fmt == "safetensors":
+        write_safetensors(folder, state)
+        file = "model.safetensors"
+    elif fmt == "bin":
+        write_bin(folder, state)
+        file = "pytorch_model.bin"
+    else:
+        file = write_shards(folder, state, fmt.split("-")[0])[name]
+    with pytest.raises(VerilensError) as e:
+        verilens.load(folder)
+    msg = str(e.value)
+    assert f"{folder / file}: tensor {name} has shape {shape}" in msg, msg
+    assert f"needs {want}" in msg and "different models" in msg, msg
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "bin", "safetensors-shards"])
+@pytest.mark.parametrize("name,match", [
+    ("model.layers.3.mlp.up_proj.weight", "layer 3 has no mlp.up_proj.weight"),
+    ("model.layers.0.input_layernorm.weight", "layer 0 has no input_layernorm.weight"),
+    ("model.norm.weight", "have no norm.weight"),
+    ("lm_head.weight", "have no lm_head.weight"),
+    ("model.embed_tokens.weight", "have no embed_tokens.weight"),
+])
+def test_a_missing_tensor_is_named(folder, fmt, name, match):
+    """transformers would fill a missing tensor with random numbers and only warn."""
+    state = tiny_state()
+    del state[name]
+    if fmt == "safetensors":
+        write_safetensors(folder, state)
+    elif fmt == "bin":
+        write_bin(folder, state)
+    else:
+        write_shards(folder, state, "safetensors")
+    with pytest.raises(VerilensError, match=match):
+        verilens.load(folder)
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "bin"])
+def test_shards_and_index_must_agree(folder, fmt):
+    state = tiny_state()
+    weight_map = write_shards(folder, state, fmt, n=2)
+    index = folder / ("model.safetensors.index.json" if fmt == "safetensors" else "pytorch_model.bin.index.json")
+    shard1, shard2 = sorted(set(weight_map.values()))
+    # an index entry that points at the other shard
+    name = next(k for k, v in weight_map.items() if v == shard1)
+    index.write_text(json.dumps({"weight_map": {**weight_map, name: shard2}}))
+    with pytest.raises(VerilensError, match=f"{shard2} does not hold the tensor {name} that {index.name} places"):
+        verilens.load(folder)
+    # a shard that is gone
+    index.write_text(json.dumps({"weight_map": weight_map}))
+    (folder / shard2).unlink()
+    with pytest.raises(VerilensError, match=f"shards named in {index.name} are missing: {shard2}"):
+        verilens.load(folder)
+    # an index that names no shard, or one outside the folder
+    for bad in ({"weight_map": {}}, {"weight_map": {name: "../elsewhere"}}, {"weight_map": [1]}, {}):
+        index.write_text(json.dumps(bad))
+        with pytest.raises(VerilensError, match="not a valid shard index"):
+            verilens.load(folder)
+
+
+def test_a_shard_cut_off_is_named(folder):
+    weight_map = write_shards(folder, tiny_state(), "safetensors", n=2)
+    shard = folder / sorted(set(weight_map.values()))[1]
+    shard.write_bytes(shard.read_bytes()[:-5000])
+    with pytest.raises(VerilensError, match=f"{shard.name} is truncated"):
+        verilens.load(folder)
+
+
+@pytest.mark.parametrize("damage,match", [
+    (lambda b: b[: len(b) // 2], "pytorch_model.bin is truncated"),
+    (lambda b: b[:-30], "pytorch_model.bin is truncated"),
+    (lambda b: b"\0" * 100, "pytorch_model.bin is not a torch checkpoint"),
+    (lambda b: b"PK\x03\x04" + b"\0" * 100, "pytorch_model.bin is truncated"),
+])
+def test_a_damaged_bin_is_named(folder, damage, match):
+    write_bin(folder, tiny_state())
+    f = folder / "pytorch_model.bin"
+    f.write_bytes(damage(f.read_bytes()))
+    with pytest.raises(VerilensError, match=match):
+        verilens.load(folder)
+
+
+def test_a_bin_that_is_not_a_state_dict(folder):
+    import torch
+
+    (folder / "model.safetensors").unlink()
+    torch.save([torch.zeros(3)], folder / "pytorch_model.bin")
+    with pytest.raises(VerilensError, match="pytorch_model.bin is not a state dict"):
+        verilens.load(folder)
+
+
+class Payload:  # a pickle that would run code: weights_only refuses it
+    def __reduce__(self):
+        return (print, ("pwned",))
+
+
+def test_a_bin_with_code_in_its_pickle_is_refused(folder, capsys):
+    import torch
+
+    (folder / "model.safetensors").unlink()
+    torch.save({"model.norm.weight": Payload()}, folder / "pytorch_model.bin")
+    with pytest.raises(VerilensError, match="pytorch_model.bin is not a valid torch checkpoint"):
+        verilens.load(folder)
+    assert "pwned" not in capsys.readouterr().out
+
+
+def test_a_legacy_bin_still_loads(folder):
+    """The pre-zip torch format has no memory-mappable layout: its shapes are left to transformers."""
+    import torch
+
+    want = logits_of(folder)
+    (folder / "model.safetensors").unlink()
+    torch.save(tiny_state(), folder / "pytorch_model.bin", _use_new_zipfile_serialization=False)
+    assert (logits_of(folder) - want).abs().max() == 0
+
+
+def test_bin_shapes_come_from_the_pickle_alone(tmp_path):
+    """The .bin check reads the pickle and the zip directory, never the weights: with every
+    weight record overwritten in place (same sizes; CRCs now wrong) it gives the same shapes."""
+    import struct
+    import zipfile
+
+    import torch
+
+    from verilens.models.folder import torch_checkpoint_shapes
+
+    f = tmp_path / "pytorch_model.bin"
+    state = tiny_state()
+    torch.save(state, f)
+    with zipfile.ZipFile(f) as z:
+        records = [i for i in z.infolist() if "/data/" in i.filename]
+    raw = bytearray(f.read_bytes())
+    for i in records:  # local header: 30 bytes, then the name and the extra field
+        n_name, n_extra = struct.unpack("<HH", raw[i.header_offset + 26:i.header_offset + 30])
+        start = i.header_offset + 30 + n_name + n_extra
+        raw[start:start + i.file_size] = b"\xff" * i.file_size
+    f.write_bytes(bytes(raw))
+    assert len(records) == len(state)
+    assert torch_checkpoint_shapes(f) == {k: list(v.shape) for k, v in state.items()}
+
+
+# ------------------------------------------------------------------------------------- GGUF
+
+def test_the_real_gguf_passes_the_check(smollm2_gguf):
+    from verilens.models.folder import check_gguf_file
+
+    check_gguf_file(smollm2_gguf)
+
+
+@pytest.mark.parametrize("keep,match", [
+    (lambda n: n // 2, "is truncated or damaged"),
+    (lambda n: n - 1, "is truncated"),
+    (lambda n: 100_000, "is truncated or damaged"),
+    (lambda n: 1000, "is truncated or damaged"),
+    (lambda n: 3, "not a GGUF file"),
+    (lambda n: 0, "is empty"),
+])
+def test_a_truncated_gguf_is_named(tmp_path, smollm2_gguf, keep, match):
+    f = tmp_path / "cut.gguf"
+    with open(smollm2_gguf, "rb") as src:
+        f.write_bytes(src.read(keep(smollm2_gguf.stat().st_size)))
+    with pytest.raises(VerilensError, match=match) as e:
+        verilens.load(f)
+    assert str(f) in str(e.value)
+
+
+def test_random_bytes_named_gguf(tmp_path):
+    import os
+
+    pytest.importorskip("gguf")
+    f = tmp_path / "model.gguf"
+    f.write_bytes(os.urandom(1 << 20))
+    with pytest.raises(VerilensError, match=f"{f} is not a GGUF file"):
+        verilens.load(f)
+    f.write_bytes(b"GGUF" + os.urandom(1 << 20))  # the magic, then garbage
+    with pytest.raises(VerilensError, match=f"{f} is truncated or damaged"):
+        verilens.load(f)

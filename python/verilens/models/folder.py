@@ -170,9 +170,11 @@ def torch_checkpoint_shapes(file: Path) -> dict[str, list[int]] | None:
     try:
         size = file.stat().st_size
         with open(file, "rb") as fh:
-            is_zip = fh.read(4) == b"PK\x03\x04"
-        if not is_zip:
+            magic = fh.read(4)
+        if magic[:1] == b"\x80":  # a pickle: the legacy format
             return None
+        if magic != b"PK\x03\x04":
+            raise VerilensError(f"{file} is not a torch checkpoint (neither a zip archive nor a pickle); {redownload}")
         if not zipfile.is_zipfile(file):
             raise VerilensError(f"{file} is truncated (an incomplete zip archive, {size} bytes); {redownload}")
         with zipfile.ZipFile(file) as z:
