@@ -398,3 +398,41 @@ def test_random_bytes_named_gguf(tmp_path):
     f.write_bytes(b"GGUF" + os.urandom(1 << 20))  # the magic, then garbage
     with pytest.raises(VerilensError, match=f"{f} is truncated or damaged"):
         verilens.load(f)
+
+
+@pytest.mark.parametrize("kind", ["qwen2", "qwen3", "llama", "mistral", "gemma2", "gemma3"])
+@pytest.mark.parametrize("tied", [False, True])
+def test_every_family_passes_and_is_checked(tmp_path, small_tokenizer, kind, tied):
+    """A save_pretrained folder of each supported family (lm_head tied or not) passes the checks
+    and loads; a per-head tensor of the wrong size (Qwen3/Gemma3's q_norm, others' k_proj) is named."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    import transformers as T
+
+    tok = small_tokenizer
+    kw = dict(vocab_size=len(tok), hidden_size=64, intermediate_size=96, num_hidden_layers=3, num_attention_heads=4,
+              num_key_value_heads=2, eos_token_id=tok.eos_token_id, pad_token_id=tok.eos_token_id,
+              bos_token_id=tok.eos_token_id, tie_word_embeddings=tied)
+    gemma = dict(head_dim=16, query_pre_attn_scalar=16, sliding_window=8,
+                 layer_types=["sliding_attention", "full_attention", "sliding_attention"])
+    hf = {"qwen2": lambda: T.Qwen2ForCausalLM(T.Qwen2Config(**kw)),
+          "qwen3": lambda: T.Qwen3ForCausalLM(T.Qwen3Config(head_dim=16, **kw)),
+          "llama": lambda: T.LlamaForCausalLM(T.LlamaConfig(**kw)),
+          "mistral": lambda: T.MistralForCausalLM(T.MistralConfig(sliding_window=8, **kw)),
+          "gemma2": lambda: T.Gemma2ForCausalLM(T.Gemma2Config(**gemma, **kw)),
+          "gemma3": lambda: T.Gemma3ForCausalLM(T.Gemma3TextConfig(**gemma, **kw))}[kind]()
+    d = tmp_path / kind
+    hf.save_pretrained(d)
+    small_tokenizer.save_pretrained(d)
+    m = verilens.load(d)
+    assert m.cfg.n_layers == 3
+    state = load_file(d / "model.safetensors")
+    assert ("lm_head.weight" in state) is not tied
+    name = ("model.layers.1.self_attn.q_norm.weight" if kind in ("qwen3", "gemma3")
+            else "model.layers.1.self_attn.k_proj.weight")
+    want = list(state[name].shape)
+    state[name] = torch.zeros([want[0] + 1, *want[1:]])
+    save_file(state, d / "model.safetensors")
+    with pytest.raises(VerilensError, match=rf"tensor {name} has shape \[{want[0] + 1}.*needs \[{want[0]}"):
+        verilens.load(d)
