@@ -4,8 +4,8 @@
     OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 python benchmarks/bench_hidden.py [--tokens 30000] [--batch-size 256]
 
 Prints the wall time of the forward passes, the peak RSS of the process before and after, and
-the size of the memmaps on disk (what RAM would hold if every layer were kept in memory),
-then the closed-form r of two layers' states (one pass over each memmap)."""
+the size of the per-layer files (what RAM would hold if every layer were kept in memory),
+then the closed-form r of two layers' states (each file mapped while it is read)."""
 import argparse
 import resource
 import time
@@ -39,9 +39,9 @@ def main():
         H = hidden_states(src, ids, layers, batch_size=args.batch_size, folder=tmp,
                           say=lambda m: print(m, flush=True))
         wall = time.perf_counter() - t0
-        disk = sum(h.nbytes for h in H.values()) / 2**20
+        disk = sum(int(np.prod(sh)) * 4 for sh in H.shapes.values()) / 2**20
         print(f"forward passes: {wall:.1f} s; peak RSS {rss_mb():.0f} MB (+{rss_mb() - base:.0f} MB); "
-              f"{len(H)} layer memmaps of {H[0].shape} float32 = {disk:.0f} MB on disk", flush=True)
+              f"{len(H)} layer files of {H.shapes[0]} float32 = {disk:.0f} MB on disk", flush=True)
         t0 = time.perf_counter()
         r = distance_correlation(H[1], H[src.n_layers], "cosine")
         print(f"closed-form r(layer 1, layer {src.n_layers}) over all pairs = {r:.4f} in "

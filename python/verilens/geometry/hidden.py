@@ -23,9 +23,10 @@ before the final norm). Causal LMs are read through HookedModel.run_with_cache (
 package never reaches into transformers); encoders through
 verilens.models.embeddings.encoder_hidden_states, since HookedModel covers decoder-only LMs.
 
-Memory. States are computed in batches and written per layer into a [V, d] float32 file
-(numpy memmap in a temporary folder, removed afterwards): the model runs once over the
-list for all requested layers, and RAM holds one batch, never V x d x layers.
+Memory. States are computed in batches and appended per layer to a raw [V, d] float32 file
+in a temporary folder (removed afterwards): the model runs once over the list for all
+requested layers, and the process holds one batch, never V x d x layers; each layer is
+mapped (np.memmap) only while its correlation is computed.
 
 Pairing layers of models of different depth (`match`): "relative" (default) pairs layer l
 of the shallower model (L_s blocks) with layer round(l * L_d / L_s) of the deeper one
@@ -112,10 +113,30 @@ def _hook(l: int) -> str:
     return "blocks.0.hook_resid_pre" if l == 0 else f"blocks.{l - 1}.hook_resid_post"
 
 
+class LayerFiles(dict):
+    """{layer: [V, d] float32} backed by one raw file per layer: each lookup maps the file
+    afresh (np.memmap), so a layer's pages leave the process once its array is dropped."""
+
+    def __init__(self, paths: dict, shape_of: dict):
+        super().__init__(paths)
+        self.shapes = shape_of
+
+    def __getitem__(self, layer):
+        return np.memmap(dict.__getitem__(self, layer), dtype=np.float32, mode="r+", shape=self.shapes[layer])
+
+    def values(self):
+        return [self[k] for k in self]
+
+    def items(self):
+        return [(k, self[k]) for k in self]
+
+
 def hidden_states(src: ModelSource, token_ids, layers, *, context: str = "", batch_size: int = 256,
                   folder: str | Path | None = None, say=None) -> dict[int, np.ndarray]:
     """{layer: [V, d] float32} hidden states of `token_ids` (one per sequence, module doc), in
-    batches; each layer's matrix is a numpy memmap in `folder` (in RAM when folder is None)."""
+    batches. With `folder`, each batch is appended to one raw file per layer (plain writes:
+    the pages go to the page cache, not the process) and a LayerFiles maps them on lookup;
+    without, the arrays are in RAM."""
     layers = sorted(set(int(l) for l in layers))
     for l in layers:
         if not 0 <= l <= src.n_layers:
@@ -127,29 +148,40 @@ def hidden_states(src: ModelSource, token_ids, layers, *, context: str = "", bat
     before, after = read_plan(src, context)
     pos = len(before)
     out: dict[int, np.ndarray] = {}
+    files, widths = {}, {}
     names = [_hook(l) for l in layers]
-    for s in range(0, V, batch_size):
-        t = torch.as_tensor(ids[s:s + batch_size])
-        seq = torch.cat([torch.tensor(before, dtype=torch.long).expand(len(t), -1), t[:, None],
-                         torch.tensor(after, dtype=torch.long).expand(len(t), -1)], dim=1)
-        if src.kind == "encoder":
-            got = encoder_hidden_states(src, seq, pos, layers)
-        else:
-            with torch.no_grad():
-                _, store = src.model.run_with_cache(seq, names_filter=names, positions=pos, return_type=None,
-                                                    return_cache_object=False, device="cpu", dtype=torch.float32)
-            got = {l: store[n][:, 0] for l, n in zip(layers, names)}
-        for l in layers:
-            x = got[l].detach().float().cpu().numpy()
-            if l not in out:
-                shape = (V, x.shape[1])
-                out[l] = np.empty(shape, np.float32) if folder is None else \
-                    np.lib.format.open_memmap(Path(folder) / f"{_safe(src.name)}-layer{l}.npy", mode="w+",
-                                              dtype=np.float32, shape=shape)
-            out[l][s:s + len(x)] = x
-        if say and (s // batch_size) % 20 == 19:
-            say(f"  {src.name}: hidden states of {min(V, s + batch_size)} / {V} tokens")
-    return out
+    try:
+        for s in range(0, V, batch_size):
+            t = torch.as_tensor(ids[s:s + batch_size])
+            seq = torch.cat([torch.tensor(before, dtype=torch.long).expand(len(t), -1), t[:, None],
+                             torch.tensor(after, dtype=torch.long).expand(len(t), -1)], dim=1)
+            if src.kind == "encoder":
+                got = encoder_hidden_states(src, seq, pos, layers)
+            else:
+                with torch.no_grad():
+                    _, store = src.model.run_with_cache(seq, names_filter=names, positions=pos, return_type=None,
+                                                        return_cache_object=False, device="cpu",
+                                                        dtype=torch.float32)
+                got = {l: store[n][:, 0] for l, n in zip(layers, names)}
+            for l in layers:
+                x = np.ascontiguousarray(got[l].detach().float().cpu().numpy())
+                widths[l] = x.shape[1]
+                if folder is None:
+                    if l not in out:
+                        out[l] = np.empty((V, x.shape[1]), np.float32)
+                    out[l][s:s + len(x)] = x
+                else:
+                    if l not in files:
+                        files[l] = open(Path(folder) / f"{_safe(src.name)}-{id(out)}-layer{l}.f32", "wb")
+                    files[l].write(x.tobytes())
+            if say and (s // batch_size) % 20 == 19:
+                say(f"  {src.name}: hidden states of {min(V, s + batch_size)} / {V} tokens")
+    finally:
+        for f in files.values():
+            f.close()
+    if folder is None:
+        return out
+    return LayerFiles({l: files[l].name for l in layers}, {l: (V, widths[l]) for l in layers})
 
 
 def mean_cosine(X, block: int = 8192) -> float:

@@ -408,6 +408,7 @@ def _hidden_pair(a, b, na, nb, sv, mats, bad_rows, zero_rows, plan, metric, *, p
             if permutations > 0:
                 row["mantel"] = _mantel_entry(X, Y, metric, permutations, mantel_tokens, seed)
             rows.append(row)
+            del X, Y  # unmapped: one layer pair in the process at a time
             mtxt = f", Mantel p = {row['mantel']['p_value']:.3g}" if "mantel" in row else ""
             say(f"  hidden: layer {la} of {na} vs layer {lb} of {nb}: r = {info.r:.4f}{mtxt}")
         del Ha, Hb
