@@ -214,6 +214,19 @@ def test_a_failing_unit_is_the_same_error_on_every_rank_and_finished_units_stay(
     units = sorted(f.name for f in (tmp_path / "r" / "cache" / "units" / "sweep").glob("*.pt"))
     assert units == ["000000.pt", "000001.pt", "000002.pt"]
 
+    # resumed by another number of processes (here one): only the missing unit is computed
+    from verilens.analysis.rundir import RunDir
+
+    computed = []
+
+    def compute(keys):
+        for k in keys:
+            computed.append(k)
+            yield k, k * k
+
+    run = RunDir(tmp_path / "r", {"test": 1}, resume=True)
+    assert run.units("sweep", 4, compute) == {0: 0, 1: 1, 2: 4, 3: 9} and computed == [3]
+
 
 HANG_DRIVER = """
 import sys, time
