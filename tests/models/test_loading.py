@@ -200,7 +200,7 @@ def test_file_that_is_not_gguf(tmp_path, filename):
 def test_corrupt_gguf(tmp_path):
     f = tmp_path / "broken.gguf"
     f.write_bytes(b"not a gguf at all")
-    with pytest.raises(VerilensError, match="could not load") as e:
+    with pytest.raises(VerilensError, match="is not a GGUF file") as e:
         load(f)
     assert "broken.gguf" in str(e.value)
 
