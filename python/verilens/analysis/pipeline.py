@@ -378,8 +378,11 @@ def _check_ranks(settings_json, settings, problems_file, probe_file) -> None:
     def ceil(a, b):
         return -(-a // b)
 
-    most = max(ceil(settings.n, settings.batch_size),
-               ceil(settings.n_contexts, settings.batch_size) * (5 + settings.random_seeds))
+    batches = ceil(settings.n_contexts, settings.batch_size)  # of contexts, correct or wrong
+    most = max(ceil(settings.n, settings.batch_size),  # traces
+               ceil(settings.n, max(1, settings.batch_size // 2)),  # verdict activations
+               batches * (5 + settings.random_seeds),  # interventions
+               batches * (2 + len(settings.steer_alphas or (0.5, 1, 2))))  # projection, steering and its baseline
     if dist.world_size() > most:
         raise VerilensError(f"{dist.world_size()} ranks but at most {most} work units in any step of this run "
                             f"(--n {settings.n}, --n-contexts {settings.n_contexts}, --batch-size "
