@@ -385,7 +385,7 @@ def _check_ranks(settings_json, settings, problems_file, probe_file) -> None:
                batches * (2 + len(settings.steer_alphas or (0.5, 1, 2))))  # projection, steering and its baseline
     if dist.world_size() > most:
         raise VerilensError(f"{dist.world_size()} ranks but at most {most} work units in any step of this run "
-                            f"(--n {settings.n}, --n-contexts {settings.n_contexts}, --batch-size "
+                            f"(--n-problems {settings.n}, --n-contexts {settings.n_contexts}, --batch-size "
                             f"{settings.batch_size}, {settings.random_seeds} random head sets): use at most {most} "
                             "processes (--nproc_per_node x nodes), or a smaller --batch-size")
 
