@@ -1,7 +1,7 @@
-"""The closed-form distance correlation under torchrun (issue 21, part 2): with a process
-group initialised, the row blocks are split across the ranks and the float64 sums
-all-reduced; r and every Mantel permutation's r agree with one process within 1e-12
-(2 ranks on CPU, gloo, one thread each)."""
+"""Distance correlation under torchrun (issue 21, part 2): with a process group
+initialised, the closed form's row blocks and the stream's tiles are split across the
+ranks and their float64 sums combined; r and every Mantel permutation's r agree with one
+process within 1e-12 (2 ranks on CPU, gloo, one thread each)."""
 import json
 import os
 import subprocess
@@ -25,6 +25,11 @@ for V in (5000, 1000):  # 3 row blocks (2 + 1), and 1 block (rank 1 idle)
     m = mantel(A, B, "cosine", permutations=5, method="closed", batch=2)
     out[f"{V}-mantel"] = [m.r, *m.null.tolist()]
     out[f"{V}-float64"] = [distance_correlation(A.astype(np.float64), B.astype(np.float64), "dot", method="closed")]
+    # every pair streamed, tile by tile (the CPU's tile path): the tiles split, their sums added in order
+    for metric in ("euclidean", "cosine"):
+        out[f"{V}-stream-{metric}"] = [distance_correlation(A, B, metric, method="stream", tile=1024)]
+    m = mantel(A, B, "euclidean", permutations=2, method="stream", tile=1024, batch=2)
+    out[f"{V}-stream-mantel"] = [m.r, *m.null.tolist()]
 if dist.rank() == 0:
     json.dump(out, open(sys.argv[1], "w"))
 """

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .. import ops
+from .. import dist, ops
 from ..errors import VerilensError
 from ._inputs import Prepared, prepare_pair
 from .closed_form import CLOSED_METRICS, closed_form_r, pearson_from_sums
@@ -213,27 +213,39 @@ def _tile_sums_multi(prep: Prepared, metric: str, wa, wb, mu_a, mu_b, cx, cy, pe
     ga_buf = torch.empty(t, t, dtype=A.dtype)
     gb_buf = torch.empty(t, t, dtype=A.dtype)
     starts = list(range(0, V, t))
-    for bi, i0 in enumerate(starts):
-        i1 = min(V, i0 + t)
-        Ai = rows_a(i0, i1)
-        Bis = [rows_b(i0, i1, p) for p in perms_t]
-        for j0 in starts[bi:]:
-            j1 = min(V, j0 + t)
-            m, n = i1 - i0, j1 - j0
-            ga = torch.mm(Ai, (Ai if j0 == i0 else rows_a(j0, j1)).T, out=ga_buf[:m, :n])
-            nar, nac = wa[i0:i1], wa[j0:j1]
-            for k, p in enumerate(perms_t):
-                Bj = Bis[k] if j0 == i0 else rows_b(j0, j1, p)
-                gb = torch.mm(Bis[k], Bj.T, out=gb_buf[:m, :n])
-                if p is None:
-                    nbr, nbc = wb[i0:i1], wb[j0:j1]
-                else:
-                    nbr, nbc = wb[p[i0:i1]], wb[p[j0:j1]]
-                six = ops.dcor_tile_sums(ga, gb, nar, nac, nbr, nbc, i0=i0, j0=j0, upper=j0 == i0, metric=metric,
-                                         cx=cx, cy=cy, backend=tile_backend)
-                results[k].add(six.tolist())
-            if progress is not None:
-                progress.update(1)
+    # the tiles (i0 <= j0), in order; under torchrun (a process group up, verilens.dist) each
+    # rank does a contiguous share and every tile's six sums are gathered, so that they are
+    # added in the one-process order: the same r to the last bit
+    pairs = [(bi, bj) for bi in range(len(starts)) for bj in range(bi, len(starts))]
+    tiles: dict[int, list] = {}
+    row = None
+    for q in dist.split(len(pairs)):
+        bi, bj = pairs[q]
+        i0, j0 = starts[bi], starts[bj]
+        i1, j1 = min(V, i0 + t), min(V, j0 + t)
+        if row != bi:
+            row, Ai, Bis = bi, rows_a(i0, i1), [rows_b(i0, i1, p) for p in perms_t]
+        m, n = i1 - i0, j1 - j0
+        ga = torch.mm(Ai, (Ai if j0 == i0 else rows_a(j0, j1)).T, out=ga_buf[:m, :n])
+        nar, nac = wa[i0:i1], wa[j0:j1]
+        tiles[q] = []
+        for k, p in enumerate(perms_t):
+            Bj = Bis[k] if j0 == i0 else rows_b(j0, j1, p)
+            gb = torch.mm(Bis[k], Bj.T, out=gb_buf[:m, :n])
+            if p is None:
+                nbr, nbc = wb[i0:i1], wb[j0:j1]
+            else:
+                nbr, nbc = wb[p[i0:i1]], wb[p[j0:j1]]
+            six = ops.dcor_tile_sums(ga, gb, nar, nac, nbr, nbc, i0=i0, j0=j0, upper=j0 == i0, metric=metric,
+                                     cx=cx, cy=cy, backend=tile_backend)
+            tiles[q].append(six.tolist())
+        if progress is not None:
+            progress.update(1)
+    if dist.active():
+        tiles = {q: v for part in dist.gather(tiles) for q, v in part.items()}
+    for q in range(len(pairs)):
+        for k, six in enumerate(tiles[q]):
+            results[k].add(six)
     return [r.values() for r in results]
 
 
