@@ -89,6 +89,8 @@ def test_parse_layers_and_plan(shallow_lm):
     for bad in ("x", "1.5", "-1", "3-1", ""):
         with pytest.raises(VerilensError, match="unknown layer"):
             parse_layers(bad)
+    with pytest.raises(VerilensError, match="out of range for every model"):
+        parse_layers("0-99999999999999")
     deep, shallow = load_model_source("countdown-tiny"), load_model_source(shallow_lm)
     assert layer_plan(deep, shallow, None) == [(0, 0), (3, 1), (6, 2)]  # relative depth, 6 vs 2 blocks
     assert layer_plan(shallow, deep, [1], match="index") == [(1, 1)]

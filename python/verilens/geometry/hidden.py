@@ -68,6 +68,8 @@ def parse_layers(spec) -> list[int] | None:
         lo, hi = int(m.group(1)), int(m.group(2) if m.group(2) is not None else m.group(1))
         if hi < lo:
             raise VerilensError(f"unknown layer range {item.strip()!r} in --layers: the end is before the start")
+        if hi > 100_000:  # before building the range: no model has that many blocks
+            raise VerilensError(f"layer {hi} is out of range for every model (--layers {s!r})")
         out.update(range(lo, hi + 1))
     return sorted(out)
 
