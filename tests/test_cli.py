@@ -83,6 +83,10 @@ def test_bad_input_is_one_error_line(capsys, files, args, match):
     ('[{"nums": [1, 2], "target": Infinity}]', "Infinity"),
     ("[]", "holds no problems"),
     ('[{"nums": [true, false], "target": 1}]', "boolean"),
+    ("", "not valid JSON"),
+    ('[{"nums": [1, NaN], "target": 3}]', "got NaN"),
+    ('[{"nums": [1, 2], "target": 1e400}]', "got inf"),
+    ("[" * 100000 + "]" * 100000, "not valid JSON"),
 ])
 def test_bad_problems_file_is_one_error_line(capsys, tmp_path, content, match):
     p = tmp_path / "p.json"
@@ -137,3 +141,116 @@ def test_the_installed_entry_point(tmp_path):
                          timeout=120)
     assert res.returncode == 2
     assert res.stderr.strip().splitlines() == [f"verilens: error: model path not found: {tmp_path / 'nothing'}"]
+
+
+# ---------------------------------------------------------------- the rest of issue 24's list
+
+def test_force_never_touches_a_users_folder(capsys, tmp_path, monkeypatch):
+    """--force on a folder holding a user's file, or on '.', is refused naming the file; nothing is deleted."""
+    user = tmp_path / "userdir"
+    user.mkdir()
+    (user / "thesis.tex").write_text("mine")
+    line = one_error_line(capsys, "analyze", "--out", user, "--force", "--n", "2")
+    assert "is not a verilens run folder" in line and "thesis.tex" in line, line
+    monkeypatch.chdir(user)
+    line = one_error_line(capsys, "analyze", "--out", ".", "--force", "--n", "2")
+    assert line.startswith("verilens: error: . is not a verilens run folder") and "thesis.tex" in line, line
+    assert (user / "thesis.tex").read_text() == "mine" and sorted(p.name for p in user.iterdir()) == ["thesis.tex"]
+
+
+def tiny_copy(tmp_path, name="m"):
+    d = tmp_path / name
+    shutil.copytree(builtin_path("countdown-tiny"), d)
+    return d
+
+
+def test_damaged_weights_are_one_error_line(capsys, tmp_path):
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(builtin_path("countdown-tiny") / "model.safetensors"))
+    d = tiny_copy(tmp_path, "shape")  # a tensor of the wrong shape, in a pytorch_model.bin
+    (d / "model.safetensors").unlink()
+    torch.save({**state, "model.layers.2.self_attn.k_proj.weight": torch.zeros(65, 192)}, d / "pytorch_model.bin")
+    line = one_error_line(capsys, "eval", d, "--n", "1")
+    assert (f"{d / 'pytorch_model.bin'}: tensor model.layers.2.self_attn.k_proj.weight has shape [65, 192]" in line
+            and "needs [64, 192]" in line), line
+    d = tiny_copy(tmp_path, "shards")  # one of two shards gone
+    (d / "model.safetensors").unlink()
+    names = sorted(state)
+    save_file({k: state[k] for k in names[::2]}, d / "model-00001-of-00002.safetensors")
+    weight_map = {k: f"model-0000{1 + i % 2}-of-00002.safetensors" for i, k in enumerate(names)}
+    (d / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    line = one_error_line(capsys, "analyze", "--model", d, "--out", tmp_path / "o")
+    assert "shards named in model.safetensors.index.json are missing: model-00002-of-00002.safetensors" in line, line
+    d = tiny_copy(tmp_path, "missing")  # a tensor transformers would fill with random numbers
+    save_file({k: v for k, v in state.items() if k != "model.layers.3.mlp.up_proj.weight"}, d / "model.safetensors")
+    assert "layer 3 has no mlp.up_proj.weight" in one_error_line(capsys, "eval", d, "--n", "1")
+    assert not (tmp_path / "o").exists()
+
+
+def test_damaged_gguf_is_one_error_line(capsys, tmp_path, smollm2_gguf):
+    cut = tmp_path / "cut.gguf"
+    with open(smollm2_gguf, "rb") as f:
+        cut.write_bytes(f.read(smollm2_gguf.stat().st_size // 2))
+    assert f"{cut} is truncated or damaged" in one_error_line(capsys, "eval", cut, "--n", "1")
+    rnd = tmp_path / "random.gguf"
+    rnd.write_bytes(os.urandom(1 << 20))
+    assert f"{rnd} is not a GGUF file" in one_error_line(capsys, "geometry", "countdown-tiny", rnd, "--out",
+                                                         tmp_path / "g")
+    assert not (tmp_path / "g").exists()
+
+
+def test_nan_probe_is_one_error_line(capsys, tmp_path):
+    import torch
+
+    p = tmp_path / "nan.pt"
+    torch.save(torch.full((6, 192, 2), float("nan")), p)
+    line = one_error_line(capsys, "analyze", "--out", tmp_path / "o", "--probe", p, "--n", "2")
+    assert "the probe weights of layers [0, 1, 2, 3, 4, 5] hold NaN or inf" in line, line
+
+
+def test_geometry_nan_rows(capsys, tmp_path):
+    """NaN rows in an embedding: an error naming the rows and the model; with
+    --skip-nonfinite-rows they are left out and said so on the console and in report.json."""
+    from safetensors.torch import load_file, save_file
+
+    d = tiny_copy(tmp_path, "nanrows")
+    state = load_file(str(d / "model.safetensors"))
+    state["model.embed_tokens.weight"][[5, 17]] = float("nan")
+    save_file(state, d / "model.safetensors")
+    line = one_error_line(capsys, "geometry", "countdown-tiny", d, "--out", tmp_path / "g", "--what", "embed")
+    assert f"{d}: 2 rows of its embed matrix hold NaN or inf (rows 5, 17)" in line, line
+    rc, out, err = run(capsys, "geometry", "countdown-tiny", d, "--out", tmp_path / "g", "--what", "embed",
+                       "--skip-nonfinite-rows")
+    assert rc == 0, err
+    assert "2 NaN/inf rows" in out and "hold NaN or inf: those tokens are left out" in out, out
+    pair = json.loads((tmp_path / "g" / "report.json").read_text())["pairs"][0]["embed"]
+    assert pair["skipped_nonfinite_rows"] == 2 and pair["skipped_zero_rows"] == 0
+
+
+def test_resume_after_a_truncated_cache_file(capsys, tmp_path):
+    """A finished run whose cache/traces.json is cut in half: --resume names it in one warning
+    line, recomputes it and the steps after it, and gives the same report."""
+    import torch
+
+    probe = tmp_path / "probe.pt"
+    torch.save(torch.randn(6, 192, 2, generator=torch.Generator().manual_seed(0)), probe)
+    out = tmp_path / "run"
+    args = ["analyze", "--out", out, "--n", "8", "--max-new-tokens", "200", "--batch-size", "8", "--n-contexts", "2",
+            "--intervention-tokens", "6", "--random-seeds", "1", "--probe", probe]
+    assert run(capsys, *args)[0] == 0
+
+    def report():
+        r = json.loads((out / "report.json").read_text())
+        r.pop("seconds")
+        return r
+
+    want = report()
+    traces = out / "cache" / "traces.json"
+    traces.write_bytes(traces.read_bytes()[: traces.stat().st_size // 2])
+    rc, _, err = run(capsys, *args, "--resume")
+    assert rc == 0 and "Traceback" not in err, err
+    warn = [l for l in err.splitlines() if l.startswith("verilens: warning:")]
+    assert any(f"{traces} does not match its checksum" in l and "recomputing step 'traces'" in l for l in warn), err
+    assert report() == want
