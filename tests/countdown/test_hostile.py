@@ -173,7 +173,7 @@ def test_problem_refuses_what_the_task_does_not_allow(nums, target, match):
 
 
 @pytest.mark.parametrize("content,match", [
-    ("", "not valid JSON"),
+    ("", "is empty"),
     ("[]", "holds no problems"),
     ("{}", "without 'nums'"),
     ('[{"nums": [true, 2], "target": 3}]', "boolean"),

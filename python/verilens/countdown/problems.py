@@ -177,6 +177,9 @@ def _rows_from_file(path: Path):
             except (ValueError, RecursionError):  # JSONDecodeError is a ValueError; [[[[... is a RecursionError
                 rows.append(_BadRow(f"line {lineno}: not JSON"))
         return rows
+    if not text.strip():
+        raise VerilensError(f"{path} is empty; a problems file holds rows with 'nums' (a list of integers) and "
+                            "'target'")
     try:
         data = _json_loads(text)
     except (ValueError, RecursionError) as e:
