@@ -436,3 +436,37 @@ def test_every_family_passes_and_is_checked(tmp_path, small_tokenizer, kind, tie
     save_file(state, d / "model.safetensors")
     with pytest.raises(VerilensError, match=rf"tensor {name} has shape \[{want[0] + 1}.*needs \[{want[0]}"):
         verilens.load(d)
+
+
+def _gguf_header(n_tensors, n_kv, version=3):
+    import struct
+
+    return b"GGUF" + struct.pack("<IQQ", version, n_tensors, n_kv)
+
+
+def _gguf_str(s):
+    import struct
+
+    return struct.pack("<Q", len(s)) + s.encode()
+
+
+@pytest.mark.parametrize("data,match", [
+    (_gguf_header(2**63, 2**63), "is truncated or damaged"),               # counts past any file
+    (_gguf_header(0, 1) + (2**62).to_bytes(8, "little") + b"abc", "is truncated or damaged"),  # a key of 2^62 bytes
+    (_gguf_header(0, 0, version=99), "is truncated or damaged.*version 99"),
+    (_gguf_header(0, 1) + _gguf_str("general.architecture") + (8).to_bytes(4, "little") + _gguf_str("llama"),
+     "holds no tensors"),
+    (_gguf_header(1, 0) + _gguf_str("w") + (2).to_bytes(4, "little") + (2**40).to_bytes(8, "little") * 2
+     + (0).to_bytes(4, "little") + (0).to_bytes(8, "little") + b"\0" * 64, "is truncated or damaged"),  # 2^80 floats
+])
+def test_crafted_gguf_headers_fail_fast(tmp_path, data, match):
+    """Headers that promise more than the file holds are refused at once, with no large allocation."""
+    import time
+
+    pytest.importorskip("gguf")
+    f = tmp_path / "crafted.gguf"
+    f.write_bytes(data)
+    t0 = time.perf_counter()
+    with pytest.raises(VerilensError, match=match):
+        verilens.load(f)
+    assert time.perf_counter() - t0 < 10
