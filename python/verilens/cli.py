@@ -33,6 +33,34 @@ def _check_run_options(out: Path, resume: bool, force: bool) -> None:
     check_out_folder(out)
 
 
+_DEVICE_MAP_HELP = ("Spread the model over devices with accelerate (instead of --device): auto, balanced, "
+                    "sequential, or a JSON object {module: device} (devices: GPU index, cpu, disk), inline or in "
+                    "a .json file (docs/scale.md).")
+_MAX_MEMORY_HELP = "With --device-map: memory per device as JSON, e.g. '{\"0\": \"70GiB\", \"cpu\": \"200GiB\"}'."
+_OFFLOAD_HELP = "With --device-map: folder for the weights offloaded to disk."
+
+
+def _placement(device, device_map: str | None, max_memory: str | None, offload_folder: Path | None) -> dict:
+    """verilens.load's placement arguments from the command line's strings."""
+    def parse(option, text):
+        if text is None or (option == "--device-map" and not text.lstrip().startswith("{")
+                            and not text.endswith(".json")):
+            return text
+        try:
+            value = json.loads(Path(text).read_text() if text.endswith(".json") else text)
+        except (OSError, ValueError) as e:
+            raise VerilensError(f"{option}: not a JSON object or a readable .json file ({str(e)[:120]})") from None
+        if not isinstance(value, dict):
+            raise VerilensError(f"{option}: expected a JSON object, got {type(value).__name__}")
+        # JSON keys are strings: GPU indices ("0") become ints, as accelerate names them
+        fix = (lambda v: int(v) if isinstance(v, str) and v.isdigit() else v)
+        return {fix(k): v for k, v in value.items()} if option == "--max-memory" else \
+            {k: fix(v) for k, v in value.items()}
+
+    return {"device": device, "device_map": parse("--device-map", device_map),
+            "max_memory": parse("--max-memory", max_memory), "offload_folder": offload_folder}
+
+
 @app.command()
 def demo(
     out: Path = typer.Option(Path("verilens-demo"), help="Output folder (report.html, report.json, figures/)."),
@@ -75,6 +103,9 @@ def analyze(
     probe: Optional[Path] = typer.Option(None, help="Use this probe file ([n_layers, d_model, 2] .pt, e.g. the "
                                                     "authors' release) instead of training one."),
     device: Optional[str] = typer.Option(None, help="cpu or cuda (default cpu)."),
+    device_map: Optional[str] = typer.Option(None, help=_DEVICE_MAP_HELP),
+    max_memory: Optional[str] = typer.Option(None, help=_MAX_MEMORY_HELP),
+    offload_folder: Optional[Path] = typer.Option(None, help=_OFFLOAD_HELP),
     dtype: Optional[str] = typer.Option(None, help="float32, bfloat16 or float16."),
     resume: bool = typer.Option(False, help="Continue an interrupted run in --out."),
     force: bool = typer.Option(False, help=_FORCE_HELP),
@@ -104,7 +135,7 @@ def analyze(
         for option, path in (("--problems", problems), ("--probe", probe)):
             if path is not None and not path.is_file():
                 raise VerilensError(f"{option} {path}: no such file")
-        return load(model, device=device, dtype=dtype)
+        return load(model, dtype=dtype, **_placement(device, device_map, max_memory, offload_folder))
 
     m = dist.agree(prepare, what="could not start")
     kw = dict(n=n, seed=seed, template=template, shots=shots, batch_size=batch_size, n_contexts=n_contexts,
@@ -157,6 +188,9 @@ def eval_cmd(
     max_new_tokens: int = typer.Option(400, min=1, help="Generation length."),
     batch_size: int = typer.Option(50, min=1, help="Generation batch size."),
     device: Optional[str] = typer.Option(None, help="cpu or cuda (default cpu)."),
+    device_map: Optional[str] = typer.Option(None, help=_DEVICE_MAP_HELP),
+    max_memory: Optional[str] = typer.Option(None, help=_MAX_MEMORY_HELP),
+    offload_folder: Optional[Path] = typer.Option(None, help=_OFFLOAD_HELP),
 ):
     """Greedy CountDown eval; prints JSON (parse_rate, verdict_agreement, ...)."""
     from .countdown import TEMPLATES
@@ -165,7 +199,7 @@ def eval_cmd(
 
     if template not in TEMPLATES:
         raise VerilensError(f"--template must be one of {sorted(TEMPLATES)}, not {template!r}")
-    m = load(model, device=device)
+    m = load(model, **_placement(device, device_map, max_memory, offload_folder))
     metrics = evaluate(m, n=n, seed=seed, template=template, max_new_tokens=max_new_tokens,
                        batch_size=batch_size, progress=sys.stderr.isatty())
     typer.echo(json.dumps(metrics, indent=2))

@@ -10,6 +10,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from . import dist
 from .analysis.pipeline import Settings, analyze
 from .analysis.report import PUBLISHED_3B
 from .models import load
@@ -26,6 +27,8 @@ def run_demo(out_dir, n: int = 400, seed: int = 0, force: bool = False, resume: 
                         batch_size=50)
     report = analyze(model, out_dir, settings, resume=resume, force=force,
                      log=lambda msg: console.print(msg, style="dim"))
+    if not dist.is_main():  # under torchrun rank 0 speaks for the job
+        return report
 
     tr = report["traces"]
     console.rule(f"countdown-tiny: {tr['n']} traces, {tr['both_verdicts']} with both verdicts, {tr['sites']} verdicts")

@@ -401,3 +401,28 @@ def test_gradient_caches(tiny_pair):
     assert sorted(a.keys()) == sorted(b.keys()) and len(a.keys()) == 6
     for k in a.keys():
         torch.testing.assert_close(b[k], a[k], **TOL, msg=k)
+
+
+def test_command_line_device_map(tmp_path):
+    """`verilens eval --device-map FILE.json --offload-folder DIR` (the same options as
+    analyze) gives the undispatched model's metrics; a malformed map is one error line."""
+    import json
+    import subprocess
+    import sys
+
+    layers = verilens.load("countdown-tiny").cfg.n_layers
+    (tmp_path / "map.json").write_text(json.dumps({k: str(v) for k, v in split_map(layers, tied=False).items()}))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+
+    def run(*extra):
+        return subprocess.run([sys.executable, "-m", "verilens", "eval", "--n", "6", "--max-new-tokens", "120", *extra],
+                              env=env, capture_output=True, text=True, timeout=600)
+    plain = run()
+    split = run("--device-map", str(tmp_path / "map.json"), "--offload-folder", str(tmp_path / "offload"))
+    assert plain.returncode == 0 and split.returncode == 0, split.stderr[-2000:]
+    assert json.loads(split.stdout) == json.loads(plain.stdout)
+    bad = run("--device-map", '{"model.layers.0": ')
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("verilens: error: --device-map")
+    (tmp_path / "far.json").write_text(json.dumps({"": "cuda:99"}))  # the map reaches verilens.load's checks
+    far = run("--device-map", str(tmp_path / "far.json"))
+    assert far.returncode == 2 and "cuda:99" in far.stderr.strip().splitlines()[-1]

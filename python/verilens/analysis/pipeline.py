@@ -203,7 +203,7 @@ def analyze(model, out, settings: Settings | None = None, problems_file=None, on
             if res.steps < 50:  # their lr (1e-4) moves a probe little per step; their runs make thousands
                 warnings.warn(f"the authors' probe training made {res.steps} steps on {len(traces)} problems (one per "
                               f"batch of 128 after 256 for validation): the probe is still near its random start; "
-                              f"use a few thousand problems (--n) for a trained one")
+                              f"use a few thousand problems (--n; --n-problems under torchrun) for a trained one")
         else:
             res, res_b = [probes.train_probes(x, labels, gen, seed=settings.seed) for x in (acts, acts_b)]
         used = res_b if before_marker else res
