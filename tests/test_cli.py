@@ -255,3 +255,14 @@ def test_resume_after_a_truncated_cache_file(capsys, tmp_path):
     warn = [l for l in err.splitlines() if l.startswith("verilens: warning:")]
     assert any(f"{traces} does not match its checksum" in l and "recomputing step 'traces'" in l for l in warn), err
     assert report() == want
+
+
+def test_train_never_writes_into_a_users_folder(capsys, tmp_path):
+    """train would replace DIR/model and DIR/tokenizer at its end: a folder that is not a train
+    run (no spec.json) and is not empty is refused, naming what it holds."""
+    user = tmp_path / "project"
+    (user / "model").mkdir(parents=True)
+    (user / "model" / "weights.bin").write_text("mine")
+    line = one_error_line(capsys, "train", "--out", user, "--steps", "1")
+    assert "is not a verilens train run (no spec.json) and holds model" in line, line
+    assert sorted(p.name for p in user.iterdir()) == ["model"] and (user / "model" / "weights.bin").read_text() == "mine"

@@ -95,7 +95,12 @@ def train(out_dir, spec: TinySpec | None = None, checkpoint_every: int = 50, thr
     elif ckpt.exists():
         raise VerilensError(f"{out} holds a checkpoint but no spec.json; use another --out, or delete that folder "
                             "to train from step 0")
-    else:
+    else:  # a new run: train writes spec.json first, so a folder without it holds only what is not ours
+        theirs = sorted(x.name for x in out.iterdir() if not x.name.endswith(".tmp"))
+        if theirs:  # never write (and later replace model/ and tokenizer/) into a user's folder
+            raise VerilensError(f"{out} is not a verilens train run (no spec.json) and holds "
+                                f"{', '.join(theirs[:5])}{' ...' if len(theirs) > 5 else ''}; nothing there was "
+                                "touched: choose a new or empty --out")
         _atomic_write_text(spec_file, json.dumps(asdict(spec), indent=1))
 
     torch.manual_seed(spec.seed)
