@@ -1,5 +1,6 @@
 """`verilens analyze` end to end on the built-in model, and its refusals of bad input."""
 import json
+import os
 from types import SimpleNamespace
 
 import pytest
@@ -69,7 +70,7 @@ def test_resume_reuses_the_cache_and_refuses_to_overwrite(run, tiny):
     out, report = run
     with pytest.raises(VerilensError, match="--resume"):
         analyze(tiny, out, Settings(**SMALL), progress=False, log=lambda m: None)
-    with pytest.raises(VerilensError, match="other settings"):
+    with pytest.raises(VerilensError, match=r"other settings: seed \(run: 0, now: 1\)"):
         analyze(tiny, out, Settings(**{**SMALL, "seed": 1}), resume=True, progress=False, log=lambda m: None)
     steps = []
     again = analyze(tiny, out, Settings(**SMALL), resume=True, progress=False, log=steps.append)
@@ -136,10 +137,14 @@ def test_settings_scale_with_depth(tiny):
         Settings.paper(glu_layers=[18]).resolved(tiny)  # layers asked for must exist
 
 
-def test_given_probe_is_used_and_checked(run, tiny, tmp_path):
+def test_given_probe_is_used_and_checked(run, tiny, tmp_path, monkeypatch):
     out, report = run
     again = analyze(tiny, tmp_path / "given", Settings(**QUICK), probe_file=out / "probe.pt", progress=False,
                     log=lambda m: None)
+    monkeypatch.chdir(tmp_path)  # the same probe by a relative path is the same run
+    resumed = analyze(tiny, "given", Settings(**QUICK), probe_file=os.path.relpath(out / "probe.pt"), resume=True,
+                      progress=False, log=lambda m: None)
+    assert resumed["probe_accuracy"] == again["probe_accuracy"]
     torch.testing.assert_close(torch.load(tmp_path / "given" / "probe.pt"), torch.load(out / "probe.pt"))
     assert again["probe_generations"]["train"] == 0
     assert all(0.5 <= a <= 1 for a in again["probe_accuracy"][1:])

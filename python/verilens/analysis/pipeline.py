@@ -25,6 +25,7 @@ import random
 import time
 import warnings
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 
 import torch
 
@@ -143,7 +144,7 @@ def analyze(model, out, settings: Settings | None = None, problems_file=None, on
         probes.load_probe(probe_file, model) if probe_file is not None else None), what="could not start")
     if settings.paper_settings and given_probe is None:  # their probe training's minimum, before any trace
         probes.online_split(settings.n, seed=settings.seed)
-    settings_json = {"model": model.name, "probe_file": None if probe_file is None else str(probe_file),
+    settings_json = {"model": model.name, "probe_file": None if probe_file is None else str(Path(probe_file).resolve()),
                      **asdict(settings)}
     _check_ranks(settings_json, settings, problems_file, probe_file)
     run = RunDir(out, settings_json, resume=resume, force=force)

@@ -79,7 +79,10 @@ class RunDir:
                 raise VerilensError(f"{marker} is unreadable ({str(e)[:100]}), so the settings of the run in "
                                     f"{self.out} are unknown; pass --force to start it over") from e
             if saved != settings_json:
-                raise VerilensError(f"{self.out} holds a run with other settings; use another folder or --force")
+                differ = sorted(k for k in set(saved) | set(settings_json) if saved.get(k) != settings_json.get(k))
+                shown = ", ".join(f"{k} (run: {saved.get(k)!r}, now: {settings_json.get(k)!r})"[:160] for k in differ[:4])
+                raise VerilensError(f"{self.out} holds a run with other settings: {shown}; rerun with the run's "
+                                    "settings, or use another folder, or --force to start it over")
         elif entries:
             raise VerilensError(f"{self.out} holds a verilens run; pass --resume to continue it or --force to start "
                                 "over (its report is kept until the new run writes its own)")
