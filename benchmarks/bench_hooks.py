@@ -290,6 +290,11 @@ def _one(name):
         fn = {"hf_forward": hf_forward, "verilens_forward": verilens_forward,
               "hf_generate": hf_generate, "verilens_generate": verilens_generate}[name]
         run = lambda: fn(m, ids if kind == "forward" else gen)  # noqa: E731
+    print(f"{name}: {peak_above(run) / 2**20:.0f} MiB above the loaded model")
+
+
+def peak_above(run) -> int:
+    """Bytes of sampled RSS peak of run() above the RSS right before it (after one warm-up run)."""
     run()
     base, peak, done = _rss(), [0], threading.Event()
 
@@ -302,7 +307,7 @@ def _one(name):
     run()
     done.set()
     th.join()
-    print(f"{name}: {(peak[0] - base) / 2**20:.0f} MiB above the loaded model")
+    return peak[0] - base
 
 
 def paired(rounds: int):

@@ -18,14 +18,13 @@ Needs the SmolLM2 folder made by the test fixture (run tests/models once) or VER
 import statistics
 import subprocess
 import sys
-import threading
 import time
 import warnings
 
 import torch
 
 import verilens
-from bench_hooks import (NNsight, TL, _paren, _rss, hf_forward, hf_generate, inputs, load_smollm2, smollm2_dir,
+from bench_hooks import (NNsight, TL, _paren, hf_forward, hf_generate, inputs, load_smollm2, peak_above, smollm2_dir,
                          verilens_forward, verilens_generate)
 
 ARMS = ["plain_hf", "tl", "nnsight", "wrap_tl", "wrap_nnsight"]
@@ -95,19 +94,7 @@ def _one(arm, kind):
     ids, gen = inputs(m.cfg.d_vocab)
     fn = fns[arm][0 if kind == "forward" else 1]
     x = ids if kind == "forward" else gen
-    fn(x)
-    base, peak, done = _rss(), [0], threading.Event()
-
-    def sample():
-        while not done.is_set():
-            peak[0] = max(peak[0], _rss())
-            time.sleep(0.001)
-    th = threading.Thread(target=sample)
-    th.start()
-    fn(x)
-    done.set()
-    th.join()
-    print(f"{arm} {kind}: {(peak[0] - base) / 2**20:.0f} MiB above the loaded model")
+    print(f"{arm} {kind}: {peak_above(lambda: fn(x)) / 2**20:.0f} MiB above the loaded model")
 
 
 if __name__ == "__main__":
