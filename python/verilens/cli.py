@@ -212,11 +212,10 @@ from .geometry.cli import geometry as _geometry_cmd  # noqa: E402
 def _geometry(*args, **kwargs):
     from . import dist
 
-    if dist.launched():  # every rank would write the same outputs at once
-        raise VerilensError("verilens geometry does not run under torchrun yet (each rank would write the report); "
-                            "run it as one process. From Python, the closed form splits its rows across ranks once "
-                            "verilens.dist.init() has started the process group (docs/scale.md)")
-    return _geometry_cmd(*args, **kwargs)
+    # under torchrun the correlations split their rows / tiles across the ranks (docs/scale.md); rank 0 writes
+    dist.init()
+    _geometry_cmd(*args, **kwargs)
+    dist.shutdown()
 
 
 app.command("geometry")(_geometry)

@@ -4,6 +4,7 @@ ranks and their float64 sums combined; r and every Mantel permutation's r agree 
 process within 1e-12 (2 ranks on CPU, gloo, one thread each)."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -56,11 +57,27 @@ def test_closed_form_split_across_ranks_equals_one_process(tmp_path, ranks):
     assert 0.3 < want["5000-cosine"][0] < 0.95  # a real correlation, not a degenerate one
 
 
-def test_geometry_command_refuses_torchrun(tmp_path):
-    """The command writes its report from every process: under torchrun it stops with one
-    clear line instead of several ranks writing the same files."""
-    env = {**ENV, "WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1"}
-    p = subprocess.run([sys.executable, "-m", "verilens", "geometry", "countdown-tiny", "countdown-tiny", "--out",
-                        str(tmp_path / "g")], env=env, capture_output=True, text=True, timeout=300)
-    assert p.returncode == 2 and "does not run under torchrun yet" in p.stderr, p.stderr[-2000:]
-    assert not (tmp_path / "g").exists()
+def test_geometry_command_under_torchrun(tmp_path):
+    """`torchrun ... -m verilens geometry`: the ranks split the correlations, rank 0 alone
+    speaks and writes, and report.json equals one process's (wall times aside)."""
+    from verilens.models.loading import builtin_path
+
+    other = tmp_path / "tiny-copy"
+    shutil.copytree(builtin_path("countdown-tiny"), other)
+    args = ["-m", "verilens", "geometry", "countdown-tiny", str(other), "--max-tokens", "300", "--k", "3",
+            "--permutations", "9", "--mantel-tokens", "60", "--what", "embed,hidden", "--layers", "0,3,6"]
+    one = subprocess.run([sys.executable, *args, "--out", str(tmp_path / "one")], env=ENV, capture_output=True,
+                         text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          *args, "--out", str(tmp_path / "two")], env=ENV, capture_output=True, text=True, timeout=600)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.stdout.count("wrote ") == 1  # rank 0 only
+
+    def report(out):
+        r = json.loads((out / "report.json").read_text())
+        for pair in r["pairs"]:  # wall times; every number must match
+            pair.pop("seconds", None)
+            pair.get("hidden", {}).pop("forward_seconds", None)
+        return r
+    assert report(tmp_path / "two") == report(tmp_path / "one")

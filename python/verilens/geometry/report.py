@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import dist
 from ..errors import VerilensError, check_out_folder
 from .correlation import distance_correlation, mantel
 from .emb2emb import fit_map, heldout_r2
@@ -246,7 +247,7 @@ def run_geometry(models, out, what="embed", metric: str = "cosine", max_tokens: 
     out = Path(out)
 
     def say(msg):
-        if progress:
+        if progress and dist.is_main():  # under torchrun rank 0 speaks for the job
             print(f"[verilens geometry] {msg}", flush=True)
 
     srcs = []
@@ -363,6 +364,8 @@ def run_geometry(models, out, what="embed", metric: str = "cosine", max_tokens: 
                             "context": context, "batch_size": batch_size,
                             "input": "[start] + context + [token] (causal LMs: start = BOS, else EOS; read at the "
                                      "token) / [CLS] + context + [token] + [SEP] (encoders)"}
+    if not dist.is_main():  # under torchrun rank 0 alone writes the report
+        return report
     out.mkdir(parents=True, exist_ok=True)
     pngs = {}
     if mat_whats:
