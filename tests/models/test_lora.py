@@ -102,6 +102,7 @@ def test_adapter_on_another_base_refused(adapter_dir, tiny_random_qwen2_dir, tmp
 @pytest.mark.parametrize("edit, message", [
     (dict(use_dora=True), "uses use_dora, which verilens does not merge"),
     (dict(modules_to_save=["lm_head"]), "uses modules_to_save"),
+    (dict(fan_in_fan_out=True), "uses fan_in_fan_out"),
     (dict(bias="all"), "bias='all'"),
     (dict(peft_type="IA3"), "is not a LoRA adapter"),
     (dict(r=0), "r=0"),

