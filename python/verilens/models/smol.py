@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 
@@ -100,12 +98,10 @@ def train_smol(out_dir, spec: SmolSpec | None = None, checkpoint_every: int = 20
     """Train countdown-smol's delta into `out_dir` (resuming if a checkpoint is there);
     returns the adapter folder (`out_dir/model`, loadable by verilens.load), or None when
     `until_step` stopped the run early (calling again resumes)."""
-    from tqdm.auto import tqdm
-
     from .loading import load
     from .lora import write_adapter
-    from .tiny import PINNED_DIGIT, collate, train_problems
-    from .train import GROUP, _group_batches, _lr, open_run, read_checkpoint, save_checkpoint
+    from .tiny import PINNED_DIGIT, train_problems
+    from .train import open_run, read_checkpoint, run_steps
 
     spec = spec or SmolSpec()
     peft = _peft()
@@ -138,31 +134,11 @@ def train_smol(out_dir, spec: SmolSpec | None = None, checkpoint_every: int = 20
     pinned = [p for p in problems if p.target % 10 == PINNED_DIGIT]
     causal_lm = model.base_model.model
     model.train()
-    bar = tqdm(total=spec.steps, initial=step, desc=f"train {NAME}", disable=not progress)
-    batches, group = None, -1
-    t0 = time.time() - (log[-1]["seconds"] if log else 0.0)
-    stop = spec.steps if until_step is None else min(until_step, spec.steps)
-    while step < stop:
-        if step // GROUP != group:
-            group = step // GROUP
-            batches = _group_batches(spec, problems, pinned, tokenizer, group)
-        ids, _, weights = collate(batches[step % GROUP], tokenizer.eos_token_id)
-        ids, weights = ids.to(device), weights.to(device)
-        for g in opt.param_groups:
-            g["lr"] = _lr(spec, step)
-        loss = response_loss(causal_lm, ids, weights, spec.bf16)  # right padding, no mask: as countdown-tiny
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        step += 1
-        log.append({"step": step, "loss": round(loss.item(), 5), "seconds": round(time.time() - t0, 2)})
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.4f}")
-        if step % checkpoint_every == 0 or step == stop:
-            save_checkpoint({"lora": peft.get_peft_model_state_dict(model), "optimizer": opt.state_dict(),
-                             "step": step, "log": log, "torch_rng": torch.get_rng_state()}, ckpt, log)
-    bar.close()
+    step = run_steps(spec, tokenizer, problems, pinned, opt, trainable,
+                     # right padding, no attention mask: as countdown-tiny (train.py)
+                     lambda step, ids, weights: response_loss(causal_lm, ids, weights, spec.bf16),
+                     lambda: {"lora": peft.get_peft_model_state_dict(model), "optimizer": opt.state_dict()},
+                     ckpt, step, log, until_step, checkpoint_every, device, progress, f"train {NAME}")
     if step < spec.steps:
         return None
     config = json.loads(json.dumps(model.peft_config["default"].to_dict(), default=sorted))

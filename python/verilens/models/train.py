@@ -90,6 +90,41 @@ def save_checkpoint(state: dict, ckpt: Path, log) -> None:
     _atomic_write_text(ckpt.parent / "log.json", json.dumps(log))
 
 
+def run_steps(spec, tokenizer, problems, pinned, opt, params, loss_fn, state_fn, ckpt: Path, step: int, log: list,
+              until_step, checkpoint_every: int, device, progress: bool, desc: str) -> int:
+    """The optimiser loop of every recipe: the batches of (seed, step) (so a resumed run sees
+    what an uninterrupted one would), the learning-rate schedule, gradients clipped at 1.0,
+    one log line a step, and a checkpoint (`state_fn()` + step, log, torch RNG) every
+    `checkpoint_every` steps and at the last one. `loss_fn(step, ids, weights)`: the loss of
+    one batch. Returns the step reached (`until_step` stops early)."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=spec.steps, initial=step, desc=desc, disable=not progress)
+    batches, group = None, -1
+    t0 = time.time() - (log[-1]["seconds"] if log else 0.0)  # seconds count across resumes
+    stop = spec.steps if until_step is None else min(until_step, spec.steps)
+    while step < stop:
+        if step // GROUP != group:
+            group = step // GROUP
+            batches = _group_batches(spec, problems, pinned, tokenizer, group)
+        ids, _, weights = collate(batches[step % GROUP], tokenizer.eos_token_id)
+        for g in opt.param_groups:
+            g["lr"] = _lr(spec, step)
+        loss = loss_fn(step, ids.to(device), weights.to(device))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        step += 1
+        log.append({"step": step, "loss": round(loss.item(), 5), "seconds": round(time.time() - t0, 2)})
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        if step % checkpoint_every == 0 or step == stop:
+            save_checkpoint({**state_fn(), "step": step, "log": log, "torch_rng": torch.get_rng_state()}, ckpt, log)
+    bar.close()
+    return step
+
+
 def _group_batches(spec, problems, pinned, tokenizer, group: int):
     rng = random.Random(spec.seed * 1_000_003 + group)
     chosen = [problems[rng.randrange(len(problems))] for _ in range(GROUP * spec.batch_size)]
@@ -127,7 +162,6 @@ def train(out_dir, spec: TinySpec | None = None, checkpoint_every: int = 50, thr
     the run early (a checkpoint is written there, so calling again resumes). `device`:
     cuda when present unless given; the batches are drawn on the CPU either way, so a
     GPU run sees the same data (its weights round differently)."""
-    from tqdm.auto import tqdm
     from transformers import AutoTokenizer, Qwen2ForCausalLM
 
     spec = spec or TinySpec()
@@ -173,39 +207,20 @@ def train(out_dir, spec: TinySpec | None = None, checkpoint_every: int = 50, thr
         step, log = state["step"], state["log"]
         torch.set_rng_state(state["torch_rng"].cpu())
 
-    model.train()
-    bar = tqdm(total=spec.steps, initial=step, desc="train countdown-tiny", disable=not progress)
-    batches, group = None, -1
-    t0 = time.time()
-    stop = spec.steps if until_step is None else min(until_step, spec.steps)
-    while step < stop:
-        if step // GROUP != group:
-            group = step // GROUP
-            batches = _group_batches(spec, problems, pinned, tokenizer, group)
-        ids, _, weights = collate(batches[step % GROUP], tokenizer.eos_token_id)
-        ids, weights = ids.to(device), weights.to(device)
-        for g in opt.param_groups:
-            g["lr"] = _lr(spec, step)
+    def loss_fn(step, ids, weights):
         # No attention mask: the padding is on the right, so under the causal mask no real
         # token sees it (and pads carry no loss); the maskless causal path of SDPA is faster.
         skips = [model.model.layers[l].register_forward_hook(_skip_layer) for l in _dropped_layers(spec, step)]
         try:
-            loss = weighted_loss(model(input_ids=ids).logits, ids, weights)
+            return weighted_loss(model(input_ids=ids).logits, ids, weights)
         finally:
             for h in skips:
                 h.remove()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        step += 1
-        log.append({"step": step, "loss": round(loss.item(), 5), "seconds": round(time.time() - t0, 2)})
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.4f}")
-        if step % checkpoint_every == 0 or step == stop:
-            save_checkpoint({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "log": log,
-                             "torch_rng": torch.get_rng_state()}, ckpt, log)
-    bar.close()
+
+    model.train()
+    step = run_steps(spec, tokenizer, problems, pinned, opt, list(model.parameters()), loss_fn,
+                     lambda: {"model": model.state_dict(), "optimizer": opt.state_dict()}, ckpt, step, log,
+                     until_step, checkpoint_every, device, progress, "train countdown-tiny")
     if step < spec.steps:
         return None
     return save_model(model.cpu(), tokenizer, out / "model", spec)
