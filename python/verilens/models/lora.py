@@ -121,7 +121,7 @@ def write_adapter(lora_state: dict[str, torch.Tensor], config: dict, path, extra
                   dtype=torch.float16) -> Path:
     """Write a PEFT-format adapter folder atomically: `lora_state` is PEFT's
     `get_peft_model_state_dict` (keys under `base_model.model.`), stored in `dtype`;
-    `config` is the LoraConfig as a dict. `extra_files`: {name: text} written beside."""
+    `config` is the LoraConfig as a dict (sets written as sorted lists). `extra_files`: {name: text} written beside."""
     from safetensors.torch import save_file
 
     path = Path(path)

@@ -83,8 +83,7 @@ def response_loss(causal_lm, ids, weights, bf16: bool):
     """countdown-tiny's weighted next-token loss (tiny.weighted_loss), with the LM head run
     only where a token carries loss: the prompt (half the tokens) never meets the 49k-wide
     vocabulary."""
-    ctx = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 and ids.device.type == "cpu" else (
-        torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext())
+    ctx = torch.autocast(ids.device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
     keep = weights[:, 1:] > 0
     with ctx:
         hidden = causal_lm.model(input_ids=ids).last_hidden_state
@@ -141,7 +140,7 @@ def train_smol(out_dir, spec: SmolSpec | None = None, checkpoint_every: int = 20
                      ckpt, step, log, until_step, checkpoint_every, device, progress, f"train {NAME}")
     if step < spec.steps:
         return None
-    config = json.loads(json.dumps(model.peft_config["default"].to_dict(), default=sorted))
+    config = model.peft_config["default"].to_dict()
     config["base_model_name_or_path"] = spec.base  # resolved by verilens.load; PEFT users pass the base themselves
     return write_adapter(peft.get_peft_model_state_dict(model), config, out / "model",
                          {"verilens_spec.json": json.dumps(asdict(spec), indent=1)})
