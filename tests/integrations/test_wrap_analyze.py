@@ -1,7 +1,9 @@
-"""`verilens analyze` end to end through verilens.wrap (issue 19, part 1): countdown-tiny
+"""`verilens analyze` end to end through verilens.wrap (issue 19, part 1): a CountDown model
 loaded by plain Hugging Face, by TransformerLens' TransformerBridge and by nnsight, wrapped,
-gives report.json's numbers of verilens.load on the same folder (fp32, <= 1e-5). SmolLM2
-cannot stand in here: it finds no accepted attempt to analyse (it is not a CountDown model)."""
+gives report.json's numbers of verilens.load (fp32, <= 1e-5). countdown-tiny (a Qwen2 from
+scratch) through all three; countdown-smol (SmolLM2-135M, a pretrained Llama, with its LoRA
+delta merged, saved once as a Hugging Face folder the tools load) through the two tools.
+SmolLM2 alone cannot stand in: it finds no accepted attempt to analyse."""
 import math
 import warnings
 
@@ -14,13 +16,18 @@ from verilens.models.loading import builtin_path
 
 pytestmark = pytest.mark.slow  # one small analysis per tool, ~1 min each here
 
-SETTINGS = dict(n=40, n_contexts=8, random_seeds=2, max_new_tokens=300, batch_size=40, intervention_tokens=30,
-                steer_alphas=[1.0])
+SETTINGS = {
+    "countdown-tiny": dict(n=40, n_contexts=8, random_seeds=2, max_new_tokens=300, batch_size=40,
+                           intervention_tokens=30, steer_alphas=[1.0]),
+    # countdown-smol claims the target on its first or second attempt: short generations suffice
+    "countdown-smol": dict(n=12, n_contexts=4, random_seeds=2, max_new_tokens=120, batch_size=12,
+                           intervention_tokens=12, steer_alphas=[1.0]),
+}
 NOT_NUMBERS = {"seconds", "settings", "versions", "model", "out"}  # wall times, paths, the model's name
 
 
-def _analysis(model, out):
-    return analyze(model, out, Settings(**SETTINGS), progress=False, log=lambda m: None)
+def _analysis(name, model, out):
+    return analyze(model, out, Settings(**SETTINGS[name]), progress=False, log=lambda m: None)
 
 
 def _tool(kind, path):
@@ -58,15 +65,34 @@ def _compare(got, want, path=""):
 
 
 @pytest.fixture(scope="module")
-def loaded_report(tmp_path_factory):
-    return _analysis(verilens.load("countdown-tiny"), tmp_path_factory.mktemp("load") / "run")
+def tiny_report(tmp_path_factory):
+    return _analysis("countdown-tiny", verilens.load("countdown-tiny"), tmp_path_factory.mktemp("load") / "run")
+
+
+@pytest.fixture(scope="module")
+def smol(tmp_path_factory, smollm2_gguf):
+    """countdown-smol's report by verilens.load, and its merged model saved as a Hugging Face folder."""
+    loaded = verilens.load("countdown-smol")
+    folder = tmp_path_factory.mktemp("smol-merged")
+    loaded.hf_model.save_pretrained(folder)
+    loaded.tokenizer.save_pretrained(folder)
+    return _analysis("countdown-smol", loaded, tmp_path_factory.mktemp("load") / "run"), folder
+
+
+def _check(name, kind, folder, want, out):
+    if kind != "hf":
+        pytest.importorskip({"bridge": "transformer_lens", "nnsight": "nnsight"}[kind])
+    report = _analysis(name, verilens.wrap(_tool(kind, folder)), out)
+    assert report["traces"]["sites"] > 0 and report["interventions"]["top3_heads"]["n"] > 0
+    _compare(report, want)
 
 
 @pytest.mark.parametrize("kind", ["hf", "bridge", "nnsight"])
-def test_analyze_through_wrap_equals_load(kind, loaded_report, tmp_path):
-    if kind != "hf":
-        pytest.importorskip({"bridge": "transformer_lens", "nnsight": "nnsight"}[kind])
-    model = verilens.wrap(_tool(kind, builtin_path("countdown-tiny")))
-    report = _analysis(model, tmp_path / "run")
-    assert report["traces"]["sites"] > 0 and report["interventions"]["top3_heads"]["n"] > 0
-    _compare(report, loaded_report)
+def test_tiny_through_wrap_equals_load(kind, tiny_report, tmp_path):
+    _check("countdown-tiny", kind, builtin_path("countdown-tiny"), tiny_report, tmp_path / "run")
+
+
+@pytest.mark.parametrize("kind", ["bridge", "nnsight"])
+def test_smol_through_wrap_equals_load(kind, smol, tmp_path):
+    report, folder = smol
+    _check("countdown-smol", kind, folder, report, tmp_path / "run")
