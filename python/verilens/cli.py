@@ -199,7 +199,8 @@ def eval_cmd(
     max_memory: Optional[str] = typer.Option(None, help=_MAX_MEMORY_HELP),
     offload_folder: Optional[Path] = typer.Option(None, help=_OFFLOAD_HELP),
 ):
-    """Greedy CountDown eval; prints JSON (parse_rate, verdict_agreement, ...)."""
+    """Greedy CountDown eval (a verdict ends its line: countdown.decoding); prints JSON (parse_rate,
+    verdict_agreement, ...)."""
     from .countdown import TEMPLATES
     from .models import load
     from .models.evaluate import evaluate

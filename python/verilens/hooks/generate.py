@@ -18,8 +18,8 @@ by their trigger). How each step gets there, fastest first:
 - "recompute" (anything else, e.g. a mean ablation over the current pass): the clean
   cached pass, plus a full recomputed forward of the firing rows.
 With nothing to do between steps (no intervention, no hook, nothing cached, no stop
-string, greedy), `generate` hands the whole loop to Hugging Face's own `generate`: the
-same tokens, at Hugging Face's speed.
+string, greedy; a logits processor goes along), `generate` hands the whole loop to Hugging
+Face's own `generate`: the same tokens, at Hugging Face's speed.
 
 Whatever its input, `generate` returns a `Generation`."""
 from __future__ import annotations
@@ -145,11 +145,14 @@ def _mode(actives) -> str:
 @torch.no_grad()
 def generate(model, input, max_new_tokens=64, do_sample=False, temperature=1.0, top_k=None, top_p=None,
              seed=None, stop=None, stop_at_eos=True, cache_names=None, cache_device=None, cache_dtype=None,
-             attention_mask=None):
+             attention_mask=None, logits_processor=None):
     """Generate from `input` (a string, a list of strings, token ids [b, p] with an optional
     left-padding `attention_mask`, or a Prefill); returns a `Generation`.
 
-    `stop`: strings that end a sequence (kept in the continuation). With `cache_names`,
+    `stop`: strings that end a sequence (kept in the continuation). `logits_processor`: a
+    Hugging Face logits processor (a callable (ids so far [b, t], next-token scores [b, vocab])
+    -> scores, e.g. countdown.decoding.VerdictEndsLine), applied to every step's scores before
+    the choice, on both paths. With `cache_names`,
     `Generation.cache` is an ActivationCache whose tensors are [b, new, ...]: entry i is
     the activation at the position that predicted generated token i (attention rows are
     [b, new, head, keys], right-padded with zeros to the last step's length)."""
@@ -170,8 +173,8 @@ def generate(model, input, max_new_tokens=64, do_sample=False, temperature=1.0, 
     eos = model.tokenizer.eos_token_id
     pad = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else eos
     if pre is None and not names and not stops and not do_sample and not model._active and not model._user_hooks():
-        return _result(model, _hf_generate(model, ids, mask, max_new_tokens, eos if stop_at_eos else None, pad),
-                       p0, stops)
+        return _result(model, _hf_generate(model, ids, mask, max_new_tokens, eos if stop_at_eos else None, pad,
+                                           logits_processor), p0, stops)
     generator = None
     if do_sample:
         generator = torch.Generator(device=model.device)
@@ -257,6 +260,8 @@ def generate(model, input, max_new_tokens=64, do_sample=False, temperature=1.0, 
     if max_new_tokens > 0:
         logits = step(ids, full_ids, full_mask, 0)
     for t in range(max_new_tokens):
+        if logits_processor is not None:
+            logits = logits_processor(full_ids, logits)
         nxt = _choose(logits, do_sample, temperature, top_k, top_p, generator)
         nxt = torch.where(finished, torch.full_like(nxt, pad), nxt)
         new_tokens.append(nxt)
@@ -288,14 +293,17 @@ def generate(model, input, max_new_tokens=64, do_sample=False, temperature=1.0, 
     return _result(model, torch.cat([ids, gen], 1), p0, stops, cache)
 
 
-def _hf_generate(model, ids, mask, max_new_tokens, eos, pad):
-    """Greedy generation by Hugging Face's own loop (nothing of ours runs between steps)."""
+def _hf_generate(model, ids, mask, max_new_tokens, eos, pad, logits_processor=None):
+    """Greedy generation by Hugging Face's own loop (nothing of ours runs between steps but
+    the logits processor, if one is given)."""
     if max_new_tokens == 0:
         return ids
-    from transformers import GenerationConfig
+    from transformers import GenerationConfig, LogitsProcessorList
 
     cfg = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=eos, pad_token_id=pad)
-    return model.hf_model.generate(input_ids=ids, attention_mask=mask, generation_config=cfg)
+    processors = LogitsProcessorList([logits_processor] if logits_processor is not None else [])
+    return model.hf_model.generate(input_ids=ids, attention_mask=mask, generation_config=cfg,
+                                   logits_processor=processors)
 
 
 def _result(model, tokens, p0, stops, cache=None) -> Generation:
