@@ -49,6 +49,18 @@ def env_world() -> tuple[int, int, int]:
     return rank, world, local
 
 
+def local_world_size() -> int:
+    """How many ranks torchrun started on this node (LOCAL_WORLD_SIZE); 1 outside torchrun."""
+    value = os.environ.get("LOCAL_WORLD_SIZE", "1")
+    try:
+        n = int(value)
+    except ValueError:
+        raise VerilensError(f"LOCAL_WORLD_SIZE={value!r} is not a number (torchrun sets it)") from None
+    if n < 1:
+        raise VerilensError(f"LOCAL_WORLD_SIZE={n}: must be at least 1")
+    return n
+
+
 def launched() -> bool:
     """Whether this process is one of several launched by torchrun (WORLD_SIZE > 1)."""
     return env_world()[1] > 1

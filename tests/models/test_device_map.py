@@ -426,3 +426,47 @@ def test_command_line_device_map(tmp_path):
     (tmp_path / "far.json").write_text(json.dumps({"": "cuda:99"}))  # the map reaches verilens.load's checks
     far = run("--device-map", str(tmp_path / "far.json"))
     assert far.returncode == 2 and "cuda:99" in far.stderr.strip().splitlines()[-1]
+
+
+def test_each_rank_on_a_node_gets_its_own_gpus():
+    """Under torchrun with k ranks on a node of n GPUs, an automatic map spreads rank r's replica
+    over GPUs [r * (n // k), (r + 1) * (n // k)) (the budget accelerate then fills), asking the
+    free memory of those GPUs only; budgets the user gave are kept."""
+    from verilens.models.device_map import check_map_under_ranks, rank_max_memory
+
+    asked = []
+
+    def free(device):
+        asked.append(device)
+        return 1000 if device == "cpu" else 80 + device
+
+    assert rank_max_memory("auto", None, 1, 4, 8, free) == {2: 82, 3: 83, "cpu": 250} and asked == [2, 3, "cpu"]
+    assert rank_max_memory("balanced", {3: "20GiB", "disk": "1TB"}, 1, 4, 8, free) == \
+        {2: 82, 3: "20GiB", "cpu": 250, "disk": "1TB"}
+    assert rank_max_memory("sequential", {"cpu": 7}, 2, 3, 8, free) == {4: 84, 5: 85, "cpu": 7}  # 6, 7 unused
+    assert rank_max_memory("auto", None, 0, 1, 8, free) is None  # one rank per node: the whole node
+    assert rank_max_memory("auto", None, 1, 2, 0, free) is None  # no GPU: accelerate's CPU / disk map
+    assert rank_max_memory({"": "cpu"}, None, 1, 2, 8, free) is None  # an explicit map is the user's
+    with pytest.raises(verilens.VerilensError, match="4 ranks on this node share 3 GPU"):
+        rank_max_memory("auto", None, 0, 4, 3, free)
+    with pytest.raises(verilens.VerilensError, match="LOCAL_RANK=2 but LOCAL_WORLD_SIZE=2"):
+        rank_max_memory("auto", None, 2, 2, 8, free)
+    with pytest.raises(verilens.VerilensError, match="same on all 2 ranks"):
+        check_map_under_ranks({"model.embed_tokens": 0, "model.layers": "cuda:1"}, 2)
+    check_map_under_ranks({"model.embed_tokens": 0}, 1)  # one rank per node
+    check_map_under_ranks({"": "cpu"}, 2)  # no GPU named
+
+
+def test_load_under_torchrun_env_on_cpu(tiny_pair, monkeypatch):
+    """LOCAL_WORLD_SIZE from torchrun: on a machine without GPUs an automatic map is accelerate's
+    as before (the same logits); a LOCAL_WORLD_SIZE that is not a number is named."""
+    ref, _ = tiny_pair
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    m = verilens.load("countdown-tiny", device_map="auto", dtype=torch.float32)
+    texts = _texts(short=True)
+    with torch.no_grad():
+        torch.testing.assert_close(m(texts), ref(texts), **TOL)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "two")
+    with pytest.raises(verilens.VerilensError, match="LOCAL_WORLD_SIZE='two'"):
+        verilens.load("countdown-tiny", device_map="auto")

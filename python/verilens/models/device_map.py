@@ -186,3 +186,49 @@ def dispatch_loaded(model, device_map, max_memory, offload_folder, source: str) 
                             "dequantised weights are written)")
     dispatch_model(model, device_map=device_map, offload_dir=None if offload_folder is None else str(offload_folder))
     model.hf_device_map = dict(device_map)
+
+
+def rank_max_memory(device_map, max_memory, local_rank: int, local_world: int, n_gpus: int, free_memory):
+    """Under torchrun with `local_world` ranks on this node, each holding one replica spread by
+    an automatic device_map: the max_memory that keeps this rank's replica on its own block of
+    the node's GPUs (local rank r of k ranks on n GPUs gets GPUs [r * (n // k), (r + 1) * (n // k))),
+    so that the ranks do not pile onto the same devices. A budget the user gave for a GPU of the
+    block, or for "cpu" / "disk", is kept; otherwise a GPU gets its free memory and the CPU an
+    equal share of the node's available RAM (`free_memory(device)`, bytes; only the block's GPUs
+    are asked, so no rank touches another's). None (nothing to change) for one rank per node, a
+    map that is not automatic, or no GPU."""
+    if not 0 <= local_rank < local_world:
+        raise VerilensError(f"LOCAL_RANK={local_rank} but LOCAL_WORLD_SIZE={local_world}: they do not fit together "
+                            "(torchrun sets both)")
+    if local_world <= 1 or not (isinstance(device_map, str) and device_map in AUTO_MAPS) or n_gpus == 0:
+        return None
+    per = n_gpus // local_world
+    if per == 0:
+        raise VerilensError(f"{local_world} ranks on this node share {n_gpus} GPU(s): with device_map={device_map!r} "
+                            f"each rank spreads its replica over GPUs of its own; use --nproc_per_node <= {n_gpus}")
+    given = dict(max_memory or {})
+    out = {g: given.get(g, free_memory(g)) for g in range(local_rank * per, (local_rank + 1) * per)}
+    out["cpu"] = given.get("cpu", free_memory("cpu") // local_world)
+    if "disk" in given:
+        out["disk"] = given["disk"]
+    return out
+
+
+def check_map_under_ranks(device_map, local_world: int) -> None:
+    """An explicit map is the same on every rank: with several ranks on a node, one that names
+    GPUs would put all their replicas on the same GPUs."""
+    if local_world > 1 and isinstance(device_map, dict) and any(_names_gpu(v) for v in device_map.values()):
+        raise VerilensError(f"an explicit device_map that names GPUs is the same on all {local_world} ranks of this "
+                            "node, so their replicas would share those GPUs: use device_map='auto' (each rank then "
+                            "gets its own block of the node's GPUs) or one rank per node")
+
+
+def _names_gpu(value) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return True
+    try:
+        return torch.device(value).type == "cuda"
+    except (RuntimeError, TypeError):
+        return False

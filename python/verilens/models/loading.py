@@ -104,6 +104,28 @@ def _drop_gguf_quantizer(model) -> None:
         del model.config.quantization_config
 
 
+def _this_ranks_share(device_map, max_memory):
+    """Under torchrun with several ranks on a node: an automatic map spreads this rank's
+    replica over its own block of the node's GPUs (device_map.rank_max_memory), an explicit
+    map that names GPUs is refused; elsewhere `max_memory` as given."""
+    from .. import dist
+    from .device_map import check_map_under_ranks, rank_max_memory
+
+    _, _, local = dist.env_world()
+    local_world = dist.local_world_size()
+    check_map_under_ranks(device_map, local_world)
+    n_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+    def free(device):
+        if device == "cpu":
+            import psutil
+
+            return psutil.virtual_memory().available
+        return torch.cuda.mem_get_info(device)[0]
+
+    return rank_max_memory(device_map, max_memory, local, local_world, n_gpus, free) or max_memory
+
+
 def load(name_or_path, device=None, dtype=None, device_map=None, max_memory=None, offload_folder=None):
     """Load a causal LM and its tokenizer as a HookedModel.
 
@@ -150,6 +172,7 @@ def load(name_or_path, device=None, dtype=None, device_map=None, max_memory=None
         from .device_map import check_device_map_values
 
         on_cuda = check_device_map_values(device_map, max_memory)
+        max_memory = _this_ranks_share(device_map, max_memory)
     dtype = _resolve_dtype(dtype) or (torch.bfloat16 if on_cuda else torch.float32)
     gguf_file = None
     if name in BUILTIN:
