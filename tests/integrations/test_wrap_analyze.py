@@ -28,8 +28,8 @@ SETTINGS = {
 NOT_NUMBERS = {"seconds", "settings", "versions", "model", "out"}  # wall times, paths, the model's name
 
 
-def _analysis(name, model, out):
-    return analyze(model, out, Settings(**SETTINGS[name]), progress=False, log=lambda m: None)
+def _analysis(name, model, out, probe=None):
+    return analyze(model, out, Settings(**SETTINGS[name]), probe_file=probe, progress=False, log=lambda m: None)
 
 
 def _tool(kind, path):
@@ -73,18 +73,23 @@ def tiny_report(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def smol(tmp_path_factory, smollm2_gguf):
-    """countdown-smol's report by verilens.load, and its merged model saved as a Hugging Face folder."""
+    """countdown-smol's report by verilens.load, its merged model saved as a Hugging Face folder,
+    and a fixed random probe (probe training, ~45 s a run here, is compared through every tool
+    on countdown-tiny; every other step reads the probe the same way)."""
     loaded = verilens.load("countdown-smol")
     folder = tmp_path_factory.mktemp("smol-merged")
     loaded.hf_model.save_pretrained(folder)
     loaded.tokenizer.save_pretrained(folder)
-    return _analysis("countdown-smol", loaded, tmp_path_factory.mktemp("load") / "run"), folder
+    probe = folder / "probe.pt"
+    c = loaded.cfg
+    torch.save(torch.randn(c.n_layers, c.d_model, 2, generator=torch.Generator().manual_seed(0)), probe)
+    return _analysis("countdown-smol", loaded, tmp_path_factory.mktemp("load") / "run", probe), folder, probe
 
 
-def _check(name, kind, folder, want, out):
+def _check(name, kind, folder, want, out, probe=None):
     if kind != "hf":
         pytest.importorskip({"bridge": "transformer_lens", "nnsight": "nnsight"}[kind])
-    report = _analysis(name, verilens.wrap(_tool(kind, folder)), out)
+    report = _analysis(name, verilens.wrap(_tool(kind, folder)), out, probe)
     assert report["traces"]["sites"] > 0 and report["interventions"]["top3_heads"]["n"] > 0
     _compare(report, want)
 
@@ -95,5 +100,5 @@ def test_tiny_through_wrap_equals_load(kind, tiny_report, tmp_path):
 
 
 def test_smol_through_bridge_equals_load(smol, tmp_path):
-    report, folder = smol
-    _check("countdown-smol", "bridge", folder, report, tmp_path / "run")
+    report, folder, probe = smol
+    _check("countdown-smol", "bridge", folder, report, tmp_path / "run", probe)
