@@ -109,6 +109,10 @@ def analyze(
     dtype: Optional[str] = typer.Option(None, help="float32, bfloat16 or float16."),
     resume: bool = typer.Option(False, help="Continue an interrupted run in --out."),
     force: bool = typer.Option(False, help=_FORCE_HELP),
+    compare: Optional[list[Path]] = typer.Option(None, help="Another finished run's folder (repeatable): report.html "
+                                                           "shows its probe accuracy and intervention rates beside "
+                                                           "this run's (--resume on a finished run: only the report "
+                                                           "is written again)."),
 ):
     """Find how a model verifies its CountDown attempts: probes, GLU neurons, heads, interventions, report.
 
@@ -145,7 +149,7 @@ def analyze(
             kw[name] = value
     settings = Settings.paper(**kw) if paper_settings else Settings(**kw)
     run_analyze(m, out, settings, problems_file=problems, on_bad_row=bad_rows, probe_file=probe, resume=resume,
-                force=force, progress=sys.stderr.isatty())
+                force=force, progress=sys.stderr.isatty(), compare=compare or ())
     main = dist.is_main()
     dist.shutdown()  # on an error the process ends instead, and torchrun stops the others
     if main:

@@ -39,6 +39,10 @@ def test_outcome_table_counts():
     assert t["fail"] == 0.5 and abs(sum(t[k] for k in ("success", "mix", "fail")) - 1) < 1e-12
     assert "partial" in outcome_table(["partial", "fail"])
     assert accepted_rate(["this works)", "not 3)"]) == 0.5
+    # a later attempt accepted after "not" is not this attempt accepted (verilens' rule); the
+    # authors' "fail" is "this works" anywhere
+    later = "not 49)\n- 67 + 60 + 12 - 90 = 49 (this works)"
+    assert accepted_rate([later, "This works)"]) == 0.5 and accepted_rate([later], "authors") == 1.0
 
 
 @pytest.fixture(scope="module")
@@ -116,3 +120,39 @@ def test_neuron_activation_at_the_verdict_step(tiny):
         assert table["neuron_activation"] == pytest.approx(runs[name][0]["neuron_activation"], abs=1e-5)
     assert run_condition(tiny, ctx, [], max_new_tokens=6)[0].get("neuron_activation") is None
     assert activation_drop(0.0, 1.0) == 0.0 and activation_drop(None, 1.0) is None
+
+
+def test_generation_ends_once_the_outcome_is_decided(tiny):
+    """A continuation ends at its first "this works" (a fail under both rules): every
+    outcome, by both rules, and the verification neurons' activation are those of the full
+    continuations (generated here without that stop), each continuation is the full one cut
+    there, and with `partial` (where a correction may follow) nothing is cut."""
+    from verilens.analysis.outcomes import DECIDED, STOPS, VERDICTS, accepts, classify_authors, continue_batch
+
+    ctx = [c for c, _ in correct_contexts(_traces())][:4]
+    heads = [(l, h) for l in range(tiny.cfg.n_layers) for h in range(0, tiny.cfg.n_heads, 2)]
+    conditions = {"none": [], "heads": [iv.ablate_heads(heads)]}
+    neurons = [(1, 5), (4, 7)]
+    runs = run_conditions(tiny, ctx, conditions, max_new_tokens=40, batch_size=4, neurons=neurons)
+    cut = 0
+    for name, ivs in conditions.items():
+        with tiny.intervene(*ivs, when=iv.at_token(" (")):
+            full = tiny.generate(ctx, max_new_tokens=40, stop=STOPS).continuation
+        table, conts = runs[name]
+        for c, f in zip(conts, full):
+            i = f.find(DECIDED)
+            assert c == (f[: i + len(DECIDED)] if i >= 0 else f)
+            cut += c != f
+        assert [classify(c) for c in conts] == [classify(f) for f in full]
+        assert [classify_authors(c) for c in conts] == [classify_authors(f) for f in full]
+        whole = run_condition(tiny, ctx, ivs, max_new_tokens=40, batch_size=4, neurons=neurons, partial=True)
+        assert whole[1] == full
+        assert table["neuron_activation"] == pytest.approx(whole[0]["neuron_activation"], abs=1e-6)
+        # steering's measure: the first verdict, and generation ends there
+        (_, (first, _)), = continue_batch(tiny, ctx, {name: ivs}, 40, until="verdict")
+        for c, f in zip(first, full):
+            ends = [f.find(v) + len(v) for v in VERDICTS if v in f]
+            assert c == (f[: min(ends)] if ends else f) and accepts(c) == accepts(f)
+    assert cut > 0  # the stop fired (else this test would not test it)
+    with pytest.raises(ValueError, match="until"):
+        next(continue_batch(tiny, ctx, conditions, 4, until="outcomes"))

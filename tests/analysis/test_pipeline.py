@@ -79,6 +79,39 @@ def test_resume_reuses_the_cache_and_refuses_to_overwrite(run, tiny):
     assert max(again["seconds"].values()) < 5  # every step came from the cache
 
 
+def test_compare_puts_another_run_beside_this_one(run, tiny, tmp_path):
+    """--compare: resuming a finished run with another run's folder writes only the report
+    again, with that run's rates beside this run's (the other's own numbers, edited here to
+    tell them apart) and its probe accuracy; this run's numbers stay; bad folders are refused
+    before anything runs."""
+    import shutil
+
+    out, report = run
+    other = tmp_path / "other"
+    shutil.copytree(out, other)
+    theirs = json.loads((other / "report.json").read_text())
+    theirs["model"]["name"] = "the-other-model"
+    theirs["interventions"]["top3_heads"]["by_rule"]["verilens"].update(success=0.123, mix=0.0, fail=0.877)
+    theirs["probe_accuracy"] = [0.5] * len(theirs["probe_accuracy"])
+    (other / "report.json").write_text(json.dumps(theirs))
+    again = analyze(tiny, out, Settings(**SMALL), resume=True, progress=False, log=lambda m: None, compare=[other])
+    assert again["interventions"]["top3_heads"]["counts"] == report["interventions"]["top3_heads"]["counts"]
+    assert again["compare"][0]["name"] == "the-other-model"
+    page = (out / "report.html").read_text()
+    assert "the-other-model" in page and "12.3 / 0.0 / 87.7" in page and "0.50, 0.50" in page
+    assert json.loads((out / "report.json").read_text())["compare"][0]["report"] == str(other / "report.json")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "junk.json").write_text("{not json")
+    (tmp_path / "list.json").write_text("[1, 2]")
+    for bad, why in ((tmp_path / "missing", "no report.json"), (tmp_path / "empty", "no report.json"),
+                     (tmp_path / "junk.json", "not a readable verilens analysis report"),
+                     (tmp_path / "list.json", "not a readable verilens analysis report")):
+        with pytest.raises(VerilensError, match=why):
+            analyze(tiny, tmp_path / "new", Settings(**SMALL), progress=False, log=lambda m: None, compare=[bad])
+    assert not (tmp_path / "new").exists()  # refused before the run folder was made
+    analyze(tiny, out, Settings(**SMALL), resume=True, progress=False, log=lambda m: None)  # leave it as it was
+
+
 def test_refuses_a_folder_that_is_not_a_run(tiny, tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(VerilensError, match="--force"):

@@ -34,6 +34,14 @@ import torch
 from ..hooks import interventions as iv
 
 STOPS = ["\n\n"]  # a continuation ends at a blank line (or EOS)
+# A continuation that says "this works" is a fail under both rules (unless `partial`), whatever
+# follows: with the "text" stop, generation ends there, which leaves every outcome as it was
+# and spares the tokens after it (most continuations of most conditions; their examples end
+# at the verdict).
+DECIDED = "this works"
+# The first verdict ("this works" or "not") decides whether a wrong attempt is accepted
+# (`accepts`): steering's continuations end there.
+VERDICTS = ["this works", "not"]
 RULES = ("verilens", "authors")
 
 GIVE_AWAYS = ("<answer>", "so the answer is", "equals", "wait", "that works", "this works")
@@ -160,7 +168,7 @@ def run_conditions(model, contexts, conditions, max_new_tokens=100, batch_size=3
     bar = tqdm(total=len(starts) * len(conditions), disable=not progress, leave=False)
     for s in starts:
         for name, (c, a) in continue_batch(model, contexts[s:s + batch_size], conditions, max_new_tokens, neurons,
-                                           stop, bar):
+                                           stop, bar, partial):
             conts[name] += c
             acts[name] += a
     bar.close()
@@ -168,9 +176,13 @@ def run_conditions(model, contexts, conditions, max_new_tokens=100, batch_size=3
             for name in conditions}
 
 
-def continue_batch(model, contexts, conditions, max_new_tokens=100, neurons=None, stop="text", bar=None):
+def continue_batch(model, contexts, conditions, max_new_tokens=100, neurons=None, stop="text", bar=None,
+                   partial=False, until="outcome"):
     """The work of `run_conditions` on one batch of contexts: the batch is prefilled once
-    (its clean pass) and every condition starts from that prefill. Yields (name,
+    (its clean pass) and every condition starts from that prefill. With the "text" stop, a
+    continuation also ends once what is measured of it is decided: `until` "outcome", at
+    DECIDED (not with `partial`, where a correction may follow); "verdict" (steering's
+    `accepted_rate`), at its first verdict (VERDICTS). Yields (name,
     (continuations, neuron activations)) condition by condition, in the order given; the
     activations are floats (each context that reaches a " (" step gives one per neuron).
     A batch's numbers depend only on its contexts (padding is per batch), so a sweep split
@@ -182,6 +194,11 @@ def continue_batch(model, contexts, conditions, max_new_tokens=100, neurons=None
         by_layer.setdefault(int(l), []).append(int(i))
     names = [f"blocks.{l}.mlp.hook_post" for l in by_layer]
     stop_ids = authors_stop_ids(model.tokenizer) if stop == "authors" else None
+    # the authors' stop keeps their loop's continuations token for token (--paper-settings)
+    if until not in ("outcome", "verdict"):
+        raise ValueError(f"until must be 'outcome' or 'verdict', not {until!r}")
+    decided = VERDICTS if until == "verdict" else [] if partial else [DECIDED]
+    stops = STOPS + decided if stop == "text" else None
     ids, mask = model.tokenize(list(contexts))
     pre = model.prefill(ids, attention_mask=mask, cache_names=names or None, cache_device="cpu",
                         cache_dtype=torch.float32)
@@ -189,7 +206,7 @@ def continue_batch(model, contexts, conditions, max_new_tokens=100, neurons=None
         if bar is not None:
             bar.set_description(name)
         with model.intervene(*ivs, when=trigger):
-            out = model.generate(pre, max_new_tokens=max_new_tokens, stop=STOPS if stop == "text" else None)
+            out = model.generate(pre, max_new_tokens=max_new_tokens, stop=stops)
         gen, cache = out.new_tokens, out.cache
         if stop == "text":
             kept = [gen.shape[1]] * gen.shape[0]
@@ -232,11 +249,23 @@ def run_condition(model, contexts, interventions=(), max_new_tokens=100, batch_s
                           neurons, progress, rule, stop)["condition"]
 
 
+def accepts(continuation: str) -> bool:
+    """Whether the first verdict of a continuation is "this works" (before any "not";
+    case-insensitive): the attempt it continues is accepted, whatever comes after."""
+    text = continuation.lower()
+    i_not, i_works = text.find("not"), text.find("this works")
+    return i_works >= 0 and (i_not < 0 or i_works < i_not)
+
+
 def accepted_rate(continuations, rule="verilens") -> float:
-    """Share of continuations that accept (outcome "fail" under `rule`: verilens', the
-    first verdict is "this works"; the authors', "this works" anywhere), for steering of
-    wrong attempts."""
-    return sum(label(c, rule) == "fail" for c in continuations) / max(1, len(continuations))
+    """Share of continuations that accept the attempt they continue, for steering of wrong
+    attempts: under verilens' rule its first verdict is "this works" (`accepts`: a later
+    attempt accepted after "not" does not count); under the authors' rule the outcome is
+    their "fail" ("this works" anywhere)."""
+    if rule not in RULES:
+        raise ValueError(f"rule must be one of {RULES}, not {rule!r}")
+    hits = [accepts(c) if rule == "verilens" else classify_authors(c) == "fail" for c in continuations]
+    return sum(hits) / max(1, len(hits))
 
 
 def activation_drop(base: float | None, new: float | None) -> float | None:

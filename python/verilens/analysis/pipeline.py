@@ -128,12 +128,17 @@ def _problems(settings: Settings, problems_file, on_bad_row: str):
 
 
 def analyze(model, out, settings: Settings | None = None, problems_file=None, on_bad_row: str = "skip",
-            probe_file=None, resume: bool = False, force: bool = False, progress: bool = True, log=print) -> dict:
+            probe_file=None, resume: bool = False, force: bool = False, progress: bool = True, log=print,
+            compare=()) -> dict:
     """Run the analysis of `model` (a HookedModel) into `out`; returns the report dict.
 
     `probe_file`: use this probe ([n_layers, d_model, 2], e.g. the authors' released one)
-    instead of training one; its accuracy on this run's verdict sites is reported."""
-    from .report import write_report
+    instead of training one; its accuracy on this run's verdict sites is reported.
+    `compare`: folders (or report.json files) of other finished runs, whose probe accuracy
+    and intervention rates report.html shows beside this run's (report.json's "compare").
+    They change no number of this run, so a finished run resumed with other ones only
+    writes its report again."""
+    from .report import comparison, write_report
 
     if not model.cfg.gated_mlp:
         raise VerilensError(f"{model.name} has no GLU MLP (gate_proj/up_proj/down_proj); the analysis needs one")
@@ -144,6 +149,7 @@ def analyze(model, out, settings: Settings | None = None, problems_file=None, on
         probes.load_probe(probe_file, model) if probe_file is not None else None), what="could not start")
     if settings.paper_settings and given_probe is None:  # their probe training's minimum, before any trace
         probes.online_split(settings.n, seed=settings.seed)
+    others = dist.agree(lambda: [comparison(p) for p in compare], what="could not start")
     settings_json = {"model": model.name, "probe_file": None if probe_file is None else str(Path(probe_file).resolve()),
                      **asdict(settings)}
     _check_ranks(settings_json, settings, problems_file, probe_file)
@@ -285,9 +291,9 @@ def analyze(model, out, settings: Settings | None = None, problems_file=None, on
 
     def step_interventions():
         conds = {k: v for k, v in conditions.items() if v is not None}
-        runs = sweep.conditions(run, "interventions", model, {"": (ctx_texts, conds, settings.partial, rule)},
-                                settings.intervention_tokens, settings.batch_size, neurons=variant_b, stop=stop,
-                                progress=progress)[""]
+        sweeps = {"": (ctx_texts, conds, settings.partial, rule, "outcome")}
+        runs = sweep.conditions(run, "interventions", model, sweeps, settings.intervention_tokens,
+                                settings.batch_size, neurons=variant_b, stop=stop, progress=progress)[""]
         res = {}
         for name, (table, conts) in runs.items():
             table["neuron_activation_drop"] = outcomes.activation_drop(runs["none"][0]["neuron_activation"],
@@ -319,9 +325,9 @@ def analyze(model, out, settings: Settings | None = None, problems_file=None, on
         vec = {l: W[l, :, 1] / W[l, :, 1].norm() for l in settings.steer_layers}
         steered = {"baseline": [], **{str(a): [iv.steer(vec, settings.steer_layers, alpha=a)] for a in alphas}}
         both = {"projection": (ctx_texts, {"condition": [iv.project_out(dirs, settings.project_layers)]},
-                               settings.partial, rule)}
-        if wrong:
-            both["steering"] = (wrong, steered, False, rule)
+                               settings.partial, rule, "outcome")}
+        if wrong:  # accepted or not: the first verdict decides (outcomes.accepted_rate)
+            both["steering"] = (wrong, steered, False, rule, "verdict")
         done = sweep.conditions(run, "subspace", model, both, settings.intervention_tokens, settings.batch_size,
                                 stop=stop, progress=progress)
         proj, _ = done["projection"]["condition"]
@@ -357,6 +363,7 @@ def analyze(model, out, settings: Settings | None = None, problems_file=None, on
         "verdict_attribution": attr,
         "subspace": sub,
         "seconds": times,
+        "compare": others,
     }
     if main:
         write_report(report, run.out)

@@ -21,6 +21,33 @@ PUBLISHED_3B = {
 KINDS = ("success", "mix", "fail", "partial", "unknown")
 
 
+def comparison(path) -> dict:
+    """What report.html shows of another finished run beside this one (`verilens analyze
+    --compare DIR`): its model, probe accuracy by layer and intervention rates, read from
+    DIR/report.json (or the report.json named); a clear error for anything else."""
+    from ..errors import VerilensError
+
+    p = Path(path)
+    f = p / "report.json" if p.is_dir() else p
+    if not f.is_file():
+        raise VerilensError(f"--compare {path}: no report.json there (name a finished `verilens analyze` run)")
+    try:
+        r = json.loads(f.read_text())
+        inter = r["interventions"]
+
+        def kinds(t):
+            return {x: float(t.get(x, 0.0)) for x in KINDS}
+
+        rates = {k: {**kinds(t), "n": int(t["n"]), "by_rule": {u: kinds(x) for u, x in t.get("by_rule", {}).items()}}
+                 for k, t in inter.items() if not k.startswith("random_heads_")}
+        return {"name": str(r["model"]["name"]), "report": str(f.resolve()), "n_layers": int(r["model"]["n_layers"]),
+                "n_contexts": int(r["n_contexts"]), "rule": inter["none"].get("rule", "verilens"),
+                "probe_accuracy": [float(x) for x in r["probe_accuracy"]], "interventions": rates}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise VerilensError(f"--compare {path}: {f.name} is not a readable verilens analysis report "
+                            f"({type(e).__name__}: {str(e)[:80]})") from None
+
+
 def _atomic_write(path: Path, data: bytes | str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(data) if isinstance(data, bytes) else tmp.write_text(data)
@@ -125,18 +152,22 @@ def _table_html(report: dict) -> str:
     k = report["settings"]["top_k_heads"]
     rule = inter["none"].get("rule", "verilens")
     rules = [rule] + [r for r in RULE_NAMES if r != rule]  # the run's rule first, then the other
+    others = report.get("compare", [])
     rows = []
     for name in _main_conditions(inter):
         t = inter[name]
         pub = PUBLISHED_3B.get("top3_heads" if name == f"top{k}_heads" and k == 3 else name)
         ours = "".join(f"<td>{_rates(t.get('by_rule', {}).get(r, t if r == rule else {}))}</td>" for r in rules)
+        beside = "".join(f"<td>{_other_rates(o, name, rule)}</td>" for o in others)
         theirs = " / ".join(f"{x:.1f}" for x in pub) if pub else "—"
         drop = t.get("neuron_activation_drop")
         drop = f"{100 * drop:.0f} %" if drop is not None else "—"
-        rows.append(f"<tr><td>{html.escape(name)}</td><td>{t['n']}</td>{ours}<td>{theirs}</td>"
+        rows.append(f"<tr><td>{html.escape(name)}</td><td>{t['n']}</td>{ours}{beside}<td>{theirs}</td>"
                     f"<td>{drop}</td></tr>")
     heads = "".join(f"<th>this model, {RULE_NAMES[r]}{' (this run)' if r == rule else ''}: success / mix / fail (%)"
                     "</th>" for r in rules)
+    heads += "".join(f"<th>{html.escape(o['name'])} ({o['n_contexts']} contexts), {RULE_NAMES[rule]}: success / mix "
+                     "/ fail (%)</th>" for o in others)
     return (f"<table><tr><th>intervention</th><th>contexts</th>{heads}"
             "<th>published 3B: success / mix / fail (%)</th><th>verification neurons' activation drop at"
             " \" (\"</th></tr>" + "".join(rows) + "</table>"
@@ -144,6 +175,28 @@ def _table_html(report: dict) -> str:
             "rejection and nothing but more arithmetic; the authors' (their released code, case-sensitive) counts "
             "any other continuation holding \"not\" without \"&lt;answer&gt;\" or \"this works\" as a success, "
             "and has a class \"unknown\" that counts only in the total.</p>")
+
+
+def _other_rates(other: dict, name: str, rule: str) -> str:
+    """A compared run's rates of condition `name` under this run's rule ("—" where it has none)."""
+    t = other["interventions"].get(name)
+    if t is None:
+        return "—"
+    return _rates(t.get("by_rule", {}).get(rule, t if rule == other["rule"] else {}))
+
+
+def _probe_comparison_html(report: dict) -> str:
+    """Probe accuracy by layer of this run and of the compared runs, one line each."""
+    def line(name, acc):
+        return (f"<li>{html.escape(name)} ({len(acc)} layers): "
+                + ", ".join(f"{a:.2f}" for a in acc) + "</li>")
+
+    others = report.get("compare", [])
+    if not others:
+        return ""
+    return ("<p>Probe accuracy by layer (validation), beside the compared runs:</p><ul>"
+            + line(report["model"]["name"] + " (this run)", report["probe_accuracy"])
+            + "".join(line(o["name"], o["probe_accuracy"]) for o in others) + "</ul>")
 
 
 def _attribution_html(report: dict) -> str:
@@ -187,7 +240,7 @@ Traces: {tr['n']} generations, {tr['both_verdicts']} with both verdicts, {tr['si
 ({tr['valid_sites']} valid, {tr['invalid_sites']} invalid); {report['n_contexts']} intervention contexts.</p>
 <h2>Interventions</h2><p>Top channel-score heads: {heads}.</p>{_table_html(report)}{img('interventions')}
 <h2>Who writes the verdict</h2>{_attribution_html(report)}
-<h2>Probe</h2><p>{_probe_note(report)}</p>{img('probe_accuracy')}
+<h2>Probe</h2><p>{_probe_note(report)}</p>{img('probe_accuracy')}{_probe_comparison_html(report)}
 <h2>Heads</h2>{img('density')}{img('channel_scores')}
 <h2>Logit lens</h2>{img('logit_lens')}
 <h2>The subspace, causally</h2>

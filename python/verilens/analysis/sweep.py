@@ -68,12 +68,13 @@ def site_activations(run, step, model, traces, sites, batch_size, progress=False
 
 def conditions(run, step, model, runs, max_new_tokens, batch_size, neurons=None, stop="text", progress=False):
     """outcomes.run_conditions for several sweeps at once, split by (batch of contexts,
-    condition). `runs` {label: (contexts, {condition: [interventions]}, partial, rule)};
+    condition). `runs` {label: (contexts, {condition: [interventions]}, partial, rule, until)}
+    (`until`: continue_batch's);
     returns {label: {condition: (table, continuations)}} as run_conditions gives them. A
     rank prefills each of its batches once for all of its conditions on that batch."""
     from tqdm.auto import tqdm
 
-    units = [(lab, b, name) for lab, (ctx, conds, _, _) in runs.items() for b in _batches(len(ctx), batch_size)
+    units = [(lab, b, name) for lab, (ctx, conds, *_) in runs.items() for b in _batches(len(ctx), batch_size)
              for name in conds]
 
     def compute(keys):
@@ -83,18 +84,18 @@ def conditions(run, step, model, runs, max_new_tokens, batch_size, neurons=None,
             lab, b, _ = units[k]
             groups.setdefault((lab, b.start), []).append(k)
         for (lab, start), ks in groups.items():
-            ctx, conds, _, _ = runs[lab]
+            ctx, conds, partial, _, until = runs[lab]
             b = units[ks[0]][1]
             wanted = {units[k][2]: conds[units[k][2]] for k in ks}
             res = dict(outcomes.continue_batch(model, [ctx[i] for i in b], wanted, max_new_tokens,
-                                               neurons, stop, bar))
+                                               neurons, stop, bar, partial, until))
             for k in ks:
                 yield k, res[units[k][2]]
         bar.close()
 
     done = run.units(step, len(units), compute)
     out = {}
-    for lab, (ctx, conds, partial, rule) in runs.items():
+    for lab, (ctx, conds, partial, rule, _) in runs.items():
         table = {}
         for name in conds:
             ks = [k for k, u in enumerate(units) if u[0] == lab and u[2] == name]  # batches in order
