@@ -52,6 +52,8 @@ def files(tmp_path):
     (["analyze", "--out", "{d}/o", "--resume", "--force"], "not both"),
     (["analyze", "--out", "{d}/o", "--dtype", "int3"], "unknown dtype"),
     (["analyze", "--out", "{d}/o", "--device", "tpu"], "unknown device"),
+    (["analyze", "--out", "{d}/o", "--compare", "{d}/missing"], "--compare .*no report.json there"),
+    (["analyze", "--out", "{d}/o", "--compare", "{f}"], "--compare .*not a readable verilens analysis report"),
     (["analyze", "--frobnicate"], "No such option"),
     (["frobnicate"], "No such command"),
     (["demo", "--out", "{f}"], "is a file, not a folder"),

@@ -120,6 +120,7 @@ def analyze(
     rank 0 writes the report, with the numbers of one process (docs/scale.md)."""
     from . import dist
     from .analysis.pipeline import Settings, analyze as run_analyze
+    from .analysis.report import comparison
     from .models import load
 
     # under torchrun: the process group first, so that an error on any rank (a missing file, a model that does
@@ -139,6 +140,8 @@ def analyze(
         for option, path in (("--problems", problems), ("--probe", probe)):
             if path is not None and not path.is_file():
                 raise VerilensError(f"{option} {path}: no such file")
+        for other in compare or ():
+            comparison(other)
         return load(model, dtype=dtype, **_placement(device, device_map, max_memory, offload_folder))
 
     m = dist.agree(prepare, what="could not start")
