@@ -1,7 +1,7 @@
 """Interventions with the paper's protocol, and how their outcomes are scored (PAPER.md section 6).
 
 Contexts are attempts cut right before their " (". Greedy decoding, up to 100 new
-tokens, stops at EOS or a blank line. Interventions act only on decoding steps whose
+tokens, stops at EOS or a blank line, or once what is measured is decided (DECIDED, VERDICTS). Interventions act only on decoding steps whose
 last input token is " (" (the step that predicts "this" / "not").
 
 Outcomes of a continuation:
@@ -194,10 +194,10 @@ def continue_batch(model, contexts, conditions, max_new_tokens=100, neurons=None
         by_layer.setdefault(int(l), []).append(int(i))
     names = [f"blocks.{l}.mlp.hook_post" for l in by_layer]
     stop_ids = authors_stop_ids(model.tokenizer) if stop == "authors" else None
-    # the authors' stop keeps their loop's continuations token for token (--paper-settings)
     if until not in ("outcome", "verdict"):
         raise ValueError(f"until must be 'outcome' or 'verdict', not {until!r}")
     decided = VERDICTS if until == "verdict" else [] if partial else [DECIDED]
+    # the authors' stop keeps their loop's continuations token for token (--paper-settings)
     stops = STOPS + decided if stop == "text" else None
     ids, mask = model.tokenize(list(contexts))
     pre = model.prefill(ids, attention_mask=mask, cache_names=names or None, cache_device="cpu",
