@@ -38,10 +38,10 @@ def comparison(path) -> dict:
         def kinds(t):
             return {x: float(t.get(x, 0.0)) for x in KINDS}
 
-        rates = {k: {**kinds(t), "n": int(t["n"]), "by_rule": {u: kinds(x) for u, x in t.get("by_rule", {}).items()}}
+        own = inter["none"].get("rule", "verilens")  # a report older than `by_rule` has its own rule's only
+        rates = {k: {"n": int(t["n"]), "by_rule": {u: kinds(x) for u, x in t.get("by_rule", {own: t}).items()}}
                  for k, t in inter.items() if not k.startswith("random_heads_")}
-        return {"name": str(r["model"]["name"]), "report": str(f.resolve()), "n_layers": int(r["model"]["n_layers"]),
-                "n_contexts": int(r["n_contexts"]), "rule": inter["none"].get("rule", "verilens"),
+        return {"name": str(r["model"]["name"]), "report": str(f.resolve()), "n_contexts": int(r["n_contexts"]),
                 "probe_accuracy": [float(x) for x in r["probe_accuracy"]], "interventions": rates}
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise VerilensError(f"--compare {path}: {f.name} is not a readable verilens analysis report "
@@ -179,10 +179,8 @@ def _table_html(report: dict) -> str:
 
 def _other_rates(other: dict, name: str, rule: str) -> str:
     """A compared run's rates of condition `name` under this run's rule ("—" where it has none)."""
-    t = other["interventions"].get(name)
-    if t is None:
-        return "—"
-    return _rates(t.get("by_rule", {}).get(rule, t if rule == other["rule"] else {}))
+    t = other["interventions"].get(name, {}).get("by_rule", {}).get(rule)
+    return "—" if t is None else _rates(t)
 
 
 def _probe_comparison_html(report: dict) -> str:
