@@ -201,3 +201,25 @@ def test_bfloat16_model_end_to_end(tmp_path):
     assert len(report["probe_accuracy"]) == m.cfg.n_layers and max(report["probe_accuracy"]) > 0.9
     assert report["interventions"]["none"]["fail"] >= 0.75
     assert report["interventions"]["top3_heads"]["success"] > report["interventions"]["none"]["success"]
+
+
+def test_valid_gap_is_the_class_means_distance_along_the_unit_valid_vector():
+    from verilens.analysis.pipeline import valid_gap
+
+    g = torch.Generator().manual_seed(0)
+    L, d, n = 3, 16, 200
+    W = torch.randn(L, d, 2, generator=g)
+    v = W[:, :, 1] / W[:, :, 1].norm(dim=-1, keepdim=True)
+    labels = torch.randint(0, 2, (n,), generator=g)
+    noise = torch.randn(n, L, d, generator=g)
+    noise -= torch.einsum("nld,ld->nl", noise, v)[..., None] * v  # orthogonal to v: no part in the gap
+    shift = torch.tensor([1.5, -2.0, 7.0])  # per layer: where the valid sites sit along v, invalid at 0
+    acts = noise + 0.3 + labels[:, None, None] * shift[None, :, None] * v
+    assert torch.allclose(valid_gap(W, acts, labels), shift, atol=1e-4)
+
+
+def test_steering_strengths_default_to_multiples_of_the_class_gap(run):
+    _, report = run
+    st = report["subspace"]["steering"]
+    assert st["valid_gap"] > 0  # the valid sites lie on the valid side
+    assert list(st["by_alpha"]) == [str(round(f * st["valid_gap"], 3)) for f in (1.0, 2.0, 4.0)]

@@ -62,7 +62,7 @@ class Settings:
     intervention_tokens: int = 100
     project_layers: list | None = None  # default: the upper half
     steer_layers: list | None = None  # default: the paper's 24..35 of 36, scaled
-    steer_alphas: list | None = None  # default: 0.5x, 1x and 2x the mean residual norm at the sites
+    steer_alphas: list | None = None  # default: 1x, 2x and 4x the sites' class gap along the valid vector (valid_gap)
     partial: bool = False  # score a fourth outcome, "partial", for general reasoning models
     paper_settings: bool = False
 
@@ -204,7 +204,7 @@ def analyze(model, out, settings: Settings | None = None, problems_file=None, on
             acc, acc_b = [(torch.einsum("nld,ldc->nlc", x, given_probe).argmax(-1) == labels[:, None]).float().mean(0)
                           for x in (acts, acts_b)]
             return {"W": given_probe, "val_accuracy": acc, "train_accuracy": acc_b if before_marker else acc,
-                    "site_norm": acts.norm(dim=-1).mean(0), "n_train": torch.tensor(0),
+                    "valid_gap": valid_gap(given_probe, acts_b if before_marker else acts, labels), "n_train": torch.tensor(0),
                     "n_val": torch.tensor(len(gen.unique())), "val_accuracy_before": acc_b}
         if settings.paper_settings:  # their src/probe.py loop (probes.train_probes_online)
             res, res_b = [probes.train_probes_online(x, labels, gen, len(traces), seed=settings.seed)
@@ -217,7 +217,8 @@ def analyze(model, out, settings: Settings | None = None, problems_file=None, on
             res, res_b = [probes.train_probes(x, labels, gen, seed=settings.seed) for x in (acts, acts_b)]
         used = res_b if before_marker else res
         return {"W": used.W, "val_accuracy": torch.tensor(res.val_accuracy),
-                "train_accuracy": torch.tensor(used.train_accuracy), "site_norm": acts.norm(dim=-1).mean(0),
+                "train_accuracy": torch.tensor(used.train_accuracy),
+                "valid_gap": valid_gap(used.W, acts_b if before_marker else acts, labels),
                 "n_train": torch.tensor(res.n_train), "n_val": torch.tensor(res.n_val),
                 "val_accuracy_before": torch.tensor(res_b.val_accuracy)}
 
@@ -320,10 +321,12 @@ def analyze(model, out, settings: Settings | None = None, problems_file=None, on
     def step_subspace():
         dirs = {l: W[l].T for l in settings.project_layers}  # both class vectors of each layer
         wrong = [c for c, _ in wrong_contexts(traces, settings.n_contexts)]
-        norm = float(pr["site_norm"][settings.steer_layers].mean())
-        alphas = settings.steer_alphas or [round(f * norm, 3) for f in (0.5, 1.0, 2.0)]
+        gap = float(pr["valid_gap"][settings.steer_layers].mean())
+        alphas = settings.steer_alphas or [round(f * gap, 3) for f in (1.0, 2.0, 4.0)]
         vec = {l: W[l, :, 1] / W[l, :, 1].norm() for l in settings.steer_layers}
-        steered = {"baseline": [], **{str(a): [iv.steer(vec, settings.steer_layers, alpha=a)] for a in alphas}}
+        # at the " (" token only, on the steps whose last input is " (" (the paper's "on ' (' tokens")
+        steered = {"baseline": [], **{str(a): [iv.steer(vec, settings.steer_layers, alpha=a, positions="last")]
+                                      for a in alphas}}
         both = {"projection": (ctx_texts, {"condition": [iv.project_out(dirs, settings.project_layers)]},
                                settings.partial, rule, "outcome")}
         if wrong:  # accepted or not: the first verdict decides (outcomes.accepted_rate)
@@ -334,7 +337,7 @@ def analyze(model, out, settings: Settings | None = None, problems_file=None, on
         runs = done["steering"] if wrong else {k: (None, []) for k in steered}
         rate = {k: outcomes.accepted_rate(conts, rule) for k, (_, conts) in runs.items()}
         return {"projection": {"layers": settings.project_layers, **proj},
-                "steering": {"layers": settings.steer_layers, "baseline_accepted": rate.pop("baseline"),
+                "steering": {"layers": settings.steer_layers, "valid_gap": gap, "baseline_accepted": rate.pop("baseline"),
                              "n": len(wrong), "by_alpha": {a: {"accepted": r, "n": len(wrong)} for a, r in rate.items()}}}
 
     sub = timed("subspace", step_subspace, split=True)
@@ -392,7 +395,7 @@ def _check_ranks(settings_json, settings, problems_file, probe_file) -> None:
     most = max(ceil(settings.n, settings.batch_size),  # traces
                ceil(settings.n, max(1, settings.batch_size // 2)),  # verdict activations
                batches * (5 + settings.random_seeds),  # interventions
-               batches * (2 + len(settings.steer_alphas or (0.5, 1, 2))))  # projection, steering and its baseline
+               batches * (2 + len(settings.steer_alphas or (1, 2, 4))))  # projection, steering and its baseline
     if dist.world_size() > most:
         raise VerilensError(f"{dist.world_size()} ranks but at most {most} work units in any step of this run "
                             f"(--n-problems {settings.n}, --n-contexts {settings.n_contexts}, --batch-size "
@@ -405,6 +408,18 @@ def _trace_stats(traces, sites) -> dict:
     kept = len({s.trace for s in sites})
     return {"n": len(traces), "parsed": n_parsed, "both_verdicts": kept, "sites": len(sites),
             "valid_sites": sum(s.label for s in sites), "invalid_sites": sum(1 - s.label for s in sites)}
+
+
+def valid_gap(W, acts, labels) -> torch.Tensor:
+    """[n_layers]: how far apart the valid and invalid sites lie along each layer's unit valid
+    vector (the mean projection of the valid sites minus that of the invalid ones): the
+    steering strength's unit. A residual norm is no unit for it: in a pretrained model a few
+    very large coordinates carry the norm (countdown-smol: gap ~0.06 x norm at layers 20-29,
+    countdown-tiny ~0.5 x), and a step of half the norm breaks the model's text."""
+    v = W[:, :, 1] / W[:, :, 1].norm(dim=-1, keepdim=True)
+    proj = torch.einsum("nld,ld->nl", acts.float(), v.float())
+    valid = labels.bool()
+    return proj[valid].mean(0) - proj[~valid].mean(0)
 
 
 def _random_head_sets(model, prev_heads, settings) -> list:

@@ -210,6 +210,12 @@ def _attribution_html(report: dict) -> str:
             + f"</table><p>Largest GLU neurons: {neurons}.</p>")
 
 
+def _gap_note(steering) -> str:
+    """The steering strengths' unit, for a report that has it (runs before 2026-12-03 lack it)."""
+    gap = steering.get("valid_gap")
+    return "" if gap is None else f"; the valid and invalid sites lie {gap:.3g} apart along the vector"
+
+
 def _probe_note(report: dict) -> str:
     """Which probe the run uses (probe.pt, GLU selection, projection, steering)."""
     if report.get("probe_position") == "before_marker":
@@ -244,8 +250,8 @@ Traces: {tr['n']} generations, {tr['both_verdicts']} with both verdicts, {tr['si
 <h2>The subspace, causally</h2>
 <p>Projecting the probe directions out at layers {sub['projection']['layers']} on correct attempts:
 success {100 * sub['projection']['success']:.1f} %, fail {100 * sub['projection']['fail']:.1f} %.</p>
-<p>Steering wrong attempts along the valid probe vector at layers {sub['steering']['layers']}
-(baseline accepted {100 * sub['steering']['baseline_accepted']:.1f} %):</p><ul>{steer}</ul>
+<p>Steering wrong attempts along the valid probe vector at layers {sub['steering']['layers']}, at the " (" token
+(baseline accepted {100 * sub['steering']['baseline_accepted']:.1f} %){_gap_note(sub['steering'])}:</p><ul>{steer}</ul>
 <p>Versions: {html.escape(json.dumps(report['versions']))}. Every number: report.json.</p>
 </body></html>"""
 
