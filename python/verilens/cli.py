@@ -93,7 +93,7 @@ def analyze(
                                                                     "200 with --paper-settings)."),
     batch_size: int = typer.Option(32, min=1, help="Batch size for generation and forward passes."),
     n_contexts: int = typer.Option(300, min=1, help="Intervention contexts (correct attempts)."),
-    random_seeds: int = typer.Option(5, min=0, help="Random head sets (the baseline of the head ablations)."),
+    random_seeds: int = typer.Option(30, min=0, help="Random head sets (the baseline of the head ablations)."),
     intervention_tokens: Optional[int] = typer.Option(None, min=1, help="Length of the continuations of the "
                                                                          "interventions (default 100; 30 with "
                                                                          "--paper-settings)."),
@@ -106,7 +106,9 @@ def analyze(
     device_map: Optional[str] = typer.Option(None, help=_DEVICE_MAP_HELP),
     max_memory: Optional[str] = typer.Option(None, help=_MAX_MEMORY_HELP),
     offload_folder: Optional[Path] = typer.Option(None, help=_OFFLOAD_HELP),
-    dtype: Optional[str] = typer.Option(None, help="float32, bfloat16 or float16."),
+    dtype: Optional[str] = typer.Option(None, help="float32, bfloat16 or float16 (default: countdown-smol "
+                                                   "bfloat16, the dtype it was trained in; else float32 on CPU, "
+                                                   "bfloat16 on CUDA)."),
     resume: bool = typer.Option(False, help="Continue an interrupted run in --out."),
     force: bool = typer.Option(False, help=_FORCE_HELP),
     compare: Optional[list[Path]] = typer.Option(None, help="Another finished run's folder (repeatable): report.html "

@@ -32,8 +32,13 @@ def test_shipped_delta_is_small_and_named(smol):
     assert smol.name == "countdown-smol" and smol.cfg.n_layers == 30
 
 
+def test_loads_in_the_dtype_it_was_trained_in(smol):
+    assert smol.dtype == torch.bfloat16
+    assert verilens.load("countdown-smol", dtype="float32").hf_model.dtype == torch.float32
+
+
 def test_delta_changes_the_base(smol, smollm2_gguf):
-    base = verilens.load(smollm2_gguf)
+    base = verilens.load(smollm2_gguf, dtype=smol.hf_model.dtype)
     for (n, a), (_, b) in zip(smol.hf_model.named_parameters(), base.hf_model.named_parameters()):
         changed = not torch.equal(a, b)
         assert changed == any(f"{t}.weight" in n for t in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",

@@ -57,7 +57,7 @@ class Settings:
     head_threshold: float = 0.1
     head_top: int = 50
     top_k_heads: int = 3
-    random_seeds: int = 5
+    random_seeds: int = 30  # sets either hold a head the verdict needs or not: the mean needs many (demo)
     n_contexts: int = 300
     intervention_tokens: int = 100
     project_layers: list | None = None  # default: the upper half

