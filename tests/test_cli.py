@@ -66,6 +66,7 @@ def files(tmp_path):
     (["eval", "{d}/nothing-here"], "model path not found"),
     (["eval", "{f}"], "is a file but not a .gguf"),
     (["eval", "some/hub-id"], "not a local folder"),
+    (["eval", "--dtype", "int3"], "unknown dtype"),
     (["geometry", "countdown-tiny"], "at least two models"),
     (["geometry", "countdown-tiny", "{d}/nothing-here", "--out", "{d}/g"], "not found"),
     (["geometry", "countdown-tiny", "countdown-tiny"], "named twice"),

@@ -23,6 +23,8 @@ app = typer.Typer(
 )
 
 
+_DTYPE_HELP = ("float32, bfloat16 or float16 (default: the dtype a built-in model was trained in, countdown-smol "
+               "bfloat16; else float32 on CPU, bfloat16 on CUDA).")
 _FORCE_HELP = ("Start over in --out, a verilens run folder: its cache is discarded, its report kept until the new "
                "one is written. A folder that is not a verilens run is never touched.")
 
@@ -94,6 +96,8 @@ def analyze(
     batch_size: int = typer.Option(32, min=1, help="Batch size for generation and forward passes."),
     n_contexts: int = typer.Option(300, min=1, help="Intervention contexts (correct attempts)."),
     random_seeds: int = typer.Option(30, min=0, help="Random head sets (the baseline of the head ablations)."),
+    random_contexts: int = typer.Option(64, min=1, help="Contexts each random head set is scored on (the first of "
+                                                        "the intervention contexts)."),
     intervention_tokens: Optional[int] = typer.Option(None, min=1, help="Length of the continuations of the "
                                                                          "interventions (default 100; 30 with "
                                                                          "--paper-settings)."),
@@ -106,9 +110,7 @@ def analyze(
     device_map: Optional[str] = typer.Option(None, help=_DEVICE_MAP_HELP),
     max_memory: Optional[str] = typer.Option(None, help=_MAX_MEMORY_HELP),
     offload_folder: Optional[Path] = typer.Option(None, help=_OFFLOAD_HELP),
-    dtype: Optional[str] = typer.Option(None, help="float32, bfloat16 or float16 (default: countdown-smol "
-                                                   "bfloat16, the dtype it was trained in; else float32 on CPU, "
-                                                   "bfloat16 on CUDA)."),
+    dtype: Optional[str] = typer.Option(None, help=_DTYPE_HELP),
     resume: bool = typer.Option(False, help="Continue an interrupted run in --out."),
     force: bool = typer.Option(False, help=_FORCE_HELP),
     compare: Optional[list[Path]] = typer.Option(None, help="Another finished run's folder (repeatable): report.html "
@@ -148,7 +150,7 @@ def analyze(
 
     m = dist.agree(prepare, what="could not start")
     kw = dict(n=n, seed=seed, template=template, shots=shots, batch_size=batch_size, n_contexts=n_contexts,
-              partial=partial, random_seeds=random_seeds)
+              partial=partial, random_seeds=random_seeds, random_contexts=random_contexts)
     for name, value in (("max_new_tokens", max_new_tokens), ("intervention_tokens", intervention_tokens)):
         if value is not None:  # else the default of the settings chosen (Settings or Settings.paper)
             kw[name] = value
@@ -207,6 +209,7 @@ def eval_cmd(
     device_map: Optional[str] = typer.Option(None, help=_DEVICE_MAP_HELP),
     max_memory: Optional[str] = typer.Option(None, help=_MAX_MEMORY_HELP),
     offload_folder: Optional[Path] = typer.Option(None, help=_OFFLOAD_HELP),
+    dtype: Optional[str] = typer.Option(None, help=_DTYPE_HELP),
 ):
     """Greedy CountDown eval (a verdict ends its line: countdown.decoding); prints JSON (parse_rate,
     verdict_agreement, ...)."""
@@ -216,7 +219,7 @@ def eval_cmd(
 
     if template not in TEMPLATES:
         raise VerilensError(f"--template must be one of {sorted(TEMPLATES)}, not {template!r}")
-    m = load(model, **_placement(device, device_map, max_memory, offload_folder))
+    m = load(model, dtype=dtype, **_placement(device, device_map, max_memory, offload_folder))
     metrics = evaluate(m, n=n, seed=seed, template=template, max_new_tokens=max_new_tokens,
                        batch_size=batch_size, progress=sys.stderr.isatty())
     typer.echo(json.dumps(metrics, indent=2))

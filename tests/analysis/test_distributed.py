@@ -21,7 +21,8 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 for _k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "VERILENS_DEBUG"):
     ENV.pop(_k, None)
 # the smallest settings that run every step and give every sweep several units: 2 trace batches, 4 activation
-# batches, 6 intervention conditions, 1 projection and 4 steering conditions; a fixed random probe skips training
+# batches, 7 intervention conditions (5, and the random set beside "none" on its contexts), 1 projection and 4
+# steering conditions; a fixed random probe skips training
 ARGS = ["--n-problems", "8", "--max-new-tokens", "200", "--batch-size", "4", "--n-contexts", "2",
         "--intervention-tokens", "6", "--random-seeds", "1"]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
@@ -62,7 +63,7 @@ def test_two_ranks_give_the_report_of_one_process(runs):
     # rank 0 alone speaks and writes the report; every unit of every sweep was done once
     assert two.stdout.count("report:") == 1 and two.stdout.count("[verilens] traces") == 1
     units = {s.name: sorted(f.name for f in s.glob("*.pt")) for s in (d / "two" / "cache" / "units").iterdir()}
-    assert {k: len(v) for k, v in units.items()} == {"traces": 2, "probes": 4, "interventions": 6, "subspace": 5}
+    assert {k: len(v) for k, v in units.items()} == {"traces": 2, "probes": 4, "interventions": 7, "subspace": 5}
     assert torch.equal(torch.load(d / "two" / "probe.pt"), torch.load(d / "one" / "probe.pt"))
 
 

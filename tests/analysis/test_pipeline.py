@@ -10,7 +10,8 @@ import verilens
 from verilens.analysis.pipeline import Settings, analyze
 from verilens.errors import VerilensError
 
-SMALL = dict(n=40, n_contexts=16, random_seeds=2, max_new_tokens=300, batch_size=40, intervention_tokens=40)
+SMALL = dict(n=40, n_contexts=16, random_seeds=2, random_contexts=6, max_new_tokens=300, batch_size=40,
+             intervention_tokens=40)
 QUICK = {**SMALL, "n_contexts": 4, "random_seeds": 1, "steer_alphas": [1.0]}  # where only one step matters
 
 
@@ -201,6 +202,15 @@ def test_bfloat16_model_end_to_end(tmp_path):
     assert len(report["probe_accuracy"]) == m.cfg.n_layers and max(report["probe_accuracy"]) > 0.9
     assert report["interventions"]["none"]["fail"] >= 0.75
     assert report["interventions"]["top3_heads"]["success"] > report["interventions"]["none"]["success"]
+
+
+def test_random_sets_are_scored_on_the_first_contexts(run):
+    _, report = run
+    inter = report["interventions"]
+    assert report["n_contexts"] > 6  # else this test says nothing
+    assert inter["top3_heads"]["n"] == report["n_contexts"]
+    assert inter["random_heads_0"]["n"] == inter["random_heads_1"]["n"] == inter["random_heads"]["contexts"] == 6
+    assert inter["random_heads"]["n"] == 12 and inter["random_heads"]["seeds"] == 2
 
 
 def test_valid_gap_is_the_class_means_distance_along_the_unit_valid_vector():

@@ -59,6 +59,9 @@ class Settings:
     top_k_heads: int = 3
     random_seeds: int = 30  # sets either hold a head the verdict needs or not: the mean needs many (demo)
     n_contexts: int = 300
+    # each random head set is scored on the first of the contexts only: a set either holds a head the
+    # verdict needs or not (its rate near 0 or 1), so the mean's error is the spread between sets
+    random_contexts: int = 64
     intervention_tokens: int = 100
     project_layers: list | None = None  # default: the upper half
     steer_layers: list | None = None  # default: the paper's 24..35 of 36, scaled
@@ -85,6 +88,8 @@ class Settings:
         if self.template not in ("base", "qwen-instruct", "icl"):
             raise VerilensError(f"template must be base, qwen-instruct or icl, not {self.template!r}")
         s = Settings(**asdict(self))
+        if s.random_contexts < 1:
+            raise VerilensError(f"random_contexts must be at least 1, not {s.random_contexts}")
         s.glu_layers = s.glu_layers if s.glu_layers is not None else glu.upper_half(L)
         s.glu_top_k = s.glu_top_k or max(8, round(50 * d_mlp / PAPER_D_MLP))
         s.glu_top_n = s.glu_top_n or max(16, round(200 * L * d_mlp / (PAPER_LAYERS * PAPER_D_MLP)))
@@ -291,16 +296,23 @@ def analyze(model, out, settings: Settings | None = None, problems_file=None, on
         conditions[f"random_heads_{k}"] = [iv.ablate_heads(hs)]
 
     def step_interventions():
-        conds = {k: v for k, v in conditions.items() if v is not None}
+        conds = {k: v for k, v in conditions.items() if v is not None and not k.startswith("random_heads_")}
+        rand = {k: v for k, v in conditions.items() if k.startswith("random_heads_")}
         sweeps = {"": (ctx_texts, conds, settings.partial, rule, "outcome")}
-        runs = sweep.conditions(run, "interventions", model, sweeps, settings.intervention_tokens,
-                                settings.batch_size, neurons=variant_b, stop=stop, progress=progress)[""]
+        if rand:  # with "none" on the same contexts: the sets' activation drops are against it
+            sweeps["random"] = (ctx_texts[: settings.random_contexts], {"none": [], **rand}, settings.partial, rule,
+                                "outcome")
+        done = sweep.conditions(run, "interventions", model, sweeps, settings.intervention_tokens,
+                                settings.batch_size, neurons=variant_b, stop=stop, progress=progress)
         res = {}
-        for name, (table, conts) in runs.items():
-            table["neuron_activation_drop"] = outcomes.activation_drop(runs["none"][0]["neuron_activation"],
-                                                                       table["neuron_activation"])
-            table["examples"] = conts[:3]
-            res[name] = table
+        for label, runs in done.items():
+            for name, (table, conts) in runs.items():
+                if label and name == "none":
+                    continue
+                table["neuron_activation_drop"] = outcomes.activation_drop(runs["none"][0]["neuron_activation"],
+                                                                           table["neuron_activation"])
+                table["examples"] = conts[:3]
+                res[name] = table
         return res
 
     inter = timed("interventions", step_interventions, split=True)
@@ -308,7 +320,7 @@ def analyze(model, out, settings: Settings | None = None, problems_file=None, on
     attr = timed("attribution", lambda: attribution.verdict_attribution(model, ctx_texts))
     rand = [v for k, v in inter.items() if k.startswith("random_heads_")]
     if rand:
-        inter["random_heads"] = {**_pooled(rand), "seeds": len(rand),
+        inter["random_heads"] = {**_pooled(rand), "seeds": len(rand), "contexts": rand[0]["n"],
                                  # a set either holds a head the verdict needs or not, so the sets'
                                  # rates are near 0 or near 1 and their mean needs many sets
                                  "success_sem": (torch.tensor([r["success"] for r in rand]).std().item()
@@ -392,9 +404,10 @@ def _check_ranks(settings_json, settings, problems_file, probe_file) -> None:
         return -(-a // b)
 
     batches = ceil(settings.n_contexts, settings.batch_size)  # of contexts, correct or wrong
+    random_batches = ceil(min(settings.n_contexts, settings.random_contexts), settings.batch_size)
     most = max(ceil(settings.n, settings.batch_size),  # traces
                ceil(settings.n, max(1, settings.batch_size // 2)),  # verdict activations
-               batches * (5 + settings.random_seeds),  # interventions
+               batches * 5 + random_batches * (1 + settings.random_seeds) * bool(settings.random_seeds),  # interventions
                batches * (2 + len(settings.steer_alphas or (1, 2, 4))))  # projection, steering and its baseline
     if dist.world_size() > most:
         raise VerilensError(f"{dist.world_size()} ranks but at most {most} work units in any step of this run "
