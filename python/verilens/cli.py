@@ -262,6 +262,9 @@ def main(argv: list[str] | None = None):
         if debug:
             traceback.print_exc()
         typer.secho(f"verilens: error: {message}", err=True, fg=typer.colors.RED)
+        from . import dist
+
+        dist.abandon()  # under torchrun: exit with the code, not an abort at teardown
         sys.exit(code)
 
     interrupted = ("interrupted; rerun the same command with --resume (analyze, demo) to continue from the last "

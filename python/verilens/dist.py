@@ -136,6 +136,16 @@ def shutdown() -> None:
     _objects = None
 
 
+def abandon() -> None:
+    """End the process group at once, without waiting for the others: a rank that fails.
+    Left to the interpreter's exit, gloo's threads can abort the process ("terminate called
+    without an active exception", SIGABRT) instead of letting it exit with its code."""
+    global _objects
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    _objects = None
+
+
 def split(n: int, rank_: int | None = None, world: int | None = None) -> range:
     """The units of range(n) this rank does: contiguous blocks in rank order, sizes differing
     by at most one (the first n % world ranks get one more). A rank may get none (idle) when

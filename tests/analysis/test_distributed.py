@@ -202,8 +202,9 @@ def compute(keys):
 
 try:
     run.units("sweep", 4, compute)  # rank 0 does 0 and 1, rank 1 does 2, then fails at 3
-except VerilensError as e:
+except VerilensError as e:  # as the CLI ends a failing rank (cli.main)
     print("error:", e, file=sys.stderr, flush=True)
+    dist.abandon()
     sys.exit(3)
 """
 
