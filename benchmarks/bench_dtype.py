@@ -1,8 +1,8 @@
 """countdown-smol's forward in float32 vs bfloat16 on this machine (issue 22: why it loads in
 bfloat16 by default). One batch of 32 sequences of 200 tokens (an intervention batch's
 second-cache build, the analysis' largest single cost): `model.prefill`, the clean pass with
-its KV cache and the last position's logits; the two dtypes alternate by round. Reported: each arm's time per round, the
-median ratio (float32 / bfloat16) and its range.
+its KV cache and the last position's logits; the two dtypes alternate by round. Reported:
+each arm's time per round, the median ratio (float32 / bfloat16) and its range.
 
 Run:  python benchmarks/bench_dtype.py [ROUNDS]
 """

@@ -127,13 +127,11 @@ def init(cuda: bool = False) -> bool:
 
 
 def shutdown() -> None:
-    """End the process group (if this process started one)."""
-    global _objects
+    """End the process group (if this process started one), once every rank is done."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         if torch.distributed.get_world_size() > 1:
             torch.distributed.barrier()  # every rank done before any tears its side down
-        torch.distributed.destroy_process_group()
-    _objects = None
+    abandon()
 
 
 def abandon() -> None:

@@ -1,8 +1,9 @@
 """Interventions with the paper's protocol, and how their outcomes are scored (PAPER.md section 6).
 
 Contexts are attempts cut right before their " (". Greedy decoding, up to 100 new
-tokens, stops at EOS or a blank line, or once what is measured is decided (DECIDED, VERDICTS). Interventions act only on decoding steps whose
-last input token is " (" (the step that predicts "this" / "not").
+tokens, stops at EOS or a blank line, or once what is measured is decided (DECIDED,
+VERDICTS). Interventions act only on decoding steps whose last input token is " (" (the
+step that predicts "this" / "not").
 
 Outcomes of a continuation:
 - fail: the model still verifies: its first verdict is "this works";

@@ -209,7 +209,8 @@ def analyze(model, out, settings: Settings | None = None, problems_file=None, on
             acc, acc_b = [(torch.einsum("nld,ldc->nlc", x, given_probe).argmax(-1) == labels[:, None]).float().mean(0)
                           for x in (acts, acts_b)]
             return {"W": given_probe, "val_accuracy": acc, "train_accuracy": acc_b if before_marker else acc,
-                    "valid_gap": valid_gap(given_probe, acts_b if before_marker else acts, labels), "n_train": torch.tensor(0),
+                    "valid_gap": valid_gap(given_probe, acts_b if before_marker else acts, labels),
+                    "n_train": torch.tensor(0),
                     "n_val": torch.tensor(len(gen.unique())), "val_accuracy_before": acc_b}
         if settings.paper_settings:  # their src/probe.py loop (probes.train_probes_online)
             res, res_b = [probes.train_probes_online(x, labels, gen, len(traces), seed=settings.seed)

@@ -23,7 +23,7 @@ BUILTIN = {"countdown-tiny": "countdown-tiny", "countdown-smol": "countdown-smol
 # The dtype a built-in model computes in unless asked, on every device: the one it was
 # trained in (countdown-smol under bf16 autocast, on SmolLM2 released in bf16), so a laptop
 # run and a GPU run compute alike; on a CPU with bf16 matrix units (AVX512-BF16, AMX)
-# countdown-smol's forward is also ~3.7x faster than in float32 (docs/analysis.md).
+# countdown-smol's forward is also ~4x faster than in float32 (benchmarks/RESULTS.md).
 BUILTIN_DTYPE = {"countdown-tiny": torch.float32, "countdown-smol": torch.bfloat16}
 # Models that ship inside pip packages, by a short name: (package, file or folder in it).
 ALIASES = {
