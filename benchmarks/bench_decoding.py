@@ -1,4 +1,4 @@
-"""The cost of countdown.decoding.VerdictEndsLine in greedy generation (issue 22, part 3).
+"""The cost of countdown.decoding.FormatRules in greedy generation (issue 22, part 3).
 
 countdown-tiny (the model whose steps are cheapest, so the rule's per-step Python weighs most)
 generates 100 test-split prompts, 400 new tokens, batch 50, with and without the rule, in
@@ -24,7 +24,7 @@ def main(rounds: int):
     for r in range(rounds):
         for rule in ((True, False) if r % 2 == 0 else (False, True)):
             t0 = time.perf_counter()
-            generate(m, prompts, progress=False, verdict_ends_line=rule)
+            generate(m, prompts, progress=False, format_rules=rule)
             times[rule].append(time.perf_counter() - t0)
         print(f"round {r + 1}: with the rule {times[True][-1]:.2f} s, without {times[False][-1]:.2f} s", flush=True)
     ratios = sorted(a / b for a, b in zip(times[True], times[False]))

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import verilens
-from verilens.countdown import generate_problems
+from verilens.countdown import Problem, generate_problems, prompt
 from verilens.models.evaluate import forced_verdicts, generate, score_generations
 from verilens.models.loading import builtin_path
 
@@ -47,8 +47,6 @@ def test_delta_changes_the_base(smol, smollm2_gguf):
 
 def test_writes_the_format_and_verifies(smol):
     problems = generate_problems(8, seed=11, split="test")
-    from verilens.countdown import prompt
-
     gens = generate(smol, [prompt(p) for p in problems], max_new_tokens=300, batch_size=8, progress=False)
     m = score_generations(problems, gens)
     assert m["parse_rate"] >= 7 / 8 and m["verdict_agreement"] >= 0.9, (m, gens)
@@ -56,3 +54,17 @@ def test_writes_the_format_and_verifies(smol):
     assert forced["target_claims_wrong"]["attempts"] > 0 and forced["other_claims_wrong"]["attempts"] > 0
     for kind, v in forced.items():
         assert v["accuracy"] is None or v["accuracy"] >= 0.9, forced
+
+
+def test_an_attempt_is_not_written_twice(smol):
+    """countdown-smol's greedy loop (issue 22: it writes its rejected line again until the
+    token limit) and the format's rule that ends it (countdown.decoding, rule 2): the line
+    comes back once more, with a different claim, and the generation closes."""
+    problem = Problem(nums=(51, 40, 72), target=61)  # loops without the rule (eval --seed 1)
+    loop, ruled = (generate(smol, [prompt(problem)], max_new_tokens=160, progress=False, format_rules=rules)[0]
+                   for rules in (False, True))
+    lines = [line for line in loop.split("\n")[:-1] if line.startswith("- ")]  # the last: cut by the limit
+    assert len(lines) >= 3 and len(set(lines)) == 1, loop
+    assert score_generations([problem], [ruled])["parse_rate"] == 1, ruled
+    heads = [line.rsplit(" (", 1)[0] for line in ruled.split("\n") if line.startswith("- ")]
+    assert len(heads) == len(set(heads)) >= 2 and heads[1].startswith(heads[0].rsplit(" = ", 1)[0]), ruled

@@ -178,7 +178,7 @@ def analyze(model, out, settings: Settings | None = None, problems_file=None, on
         prompts = [make_prompt(p, settings.template, settings.shots) for p in problems]
         # the authors' code decodes without the format rule (countdown.decoding)
         gens = sweep.generate(run, "traces", model, prompts, settings.max_new_tokens, settings.batch_size, progress,
-                              verdict_ends_line=not settings.paper_settings)
+                              format_rules=not settings.paper_settings)
         return [Trace(p, pr, g).to_dict() for p, pr, g in zip(problems, prompts, gens)]
 
     traces = [Trace.from_dict(d) for d in timed("traces", step_traces, split=True)]

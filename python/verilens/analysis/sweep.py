@@ -21,7 +21,7 @@ def _batches(n: int, size: int) -> list[range]:
     return [range(s, min(s + size, n)) for s in range(0, n, size)]
 
 
-def generate(run, step, model, prompts, max_new_tokens, batch_size, progress=False, verdict_ends_line=True) -> list[str]:
+def generate(run, step, model, prompts, max_new_tokens, batch_size, progress=False, format_rules=True) -> list[str]:
     """models.evaluate.generate split by batch of prompts: the greedy continuations."""
     from tqdm.auto import tqdm
 
@@ -33,7 +33,7 @@ def generate(run, step, model, prompts, max_new_tokens, batch_size, progress=Fal
         for k in tqdm(keys, desc=step, disable=not progress):
             b = batches[k]
             yield k, generate_batch(model, [prompts[i] for i in b], max_new_tokens=max_new_tokens,
-                                    batch_size=len(b), progress=False, verdict_ends_line=verdict_ends_line)
+                                    batch_size=len(b), progress=False, format_rules=format_rules)
 
     done = run.units(step, len(batches), compute)
     return [g for k in range(len(batches)) for g in done[k]]

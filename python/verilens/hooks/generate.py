@@ -151,7 +151,7 @@ def generate(model, input, max_new_tokens=64, do_sample=False, temperature=1.0, 
 
     `stop`: strings that end a sequence (kept in the continuation). `logits_processor`: a
     Hugging Face logits processor (a callable (ids so far [b, t], next-token scores [b, vocab])
-    -> scores, e.g. countdown.decoding.VerdictEndsLine), applied to every step's scores before
+    -> scores, e.g. countdown.decoding.FormatRules), applied to every step's scores before
     the choice, on both paths. With `cache_names`,
     `Generation.cache` is an ActivationCache whose tensors are [b, new, ...]: entry i is
     the activation at the position that predicted generated token i (attention rows are

@@ -1,8 +1,8 @@
 """`verilens eval`: how well a model solves CountDown and verifies its own attempts.
 
 Greedy generations on problems of the "test" split (never seen by countdown-tiny in
-training), decoded under the format's rule that a verdict ends its line (countdown.decoding),
-parsed into attempts. Metrics:
+training), decoded under the format's rules (countdown.decoding: a verdict ends its line,
+an attempt is not written twice), parsed into attempts. Metrics:
 - parse_rate: generations with >= 1 attempt, a verdict and a claimed value on every
   attempt, and an <answer> on the last line;
 - verdict_agreement: attempts whose verdict ("this works" / "not") matches whether the
@@ -22,25 +22,25 @@ from collections import defaultdict
 import torch
 
 from ..countdown import generate_problems, parse_trace, prompt, reward
-from ..countdown.decoding import VerdictEndsLine
+from ..countdown.decoding import FormatRules
 from ..countdown.reward import extract_solution
 from ..countdown.synth import trace_and_slips
 
 
 def generate(model, prompts, max_new_tokens=400, batch_size=50, progress=True, desc="generate",
-             verdict_ends_line=True):
+             format_rules=True):
     """Greedy continuations of `prompts` by a HookedModel, `batch_size` at a time (each
     batch one `model.generate` call: Hugging Face's own loop when no intervention is
-    active); returns the new text of each. `verdict_ends_line`: decode under the format's
-    rule that a verdict ends its line (countdown.decoding; off only to reproduce code that
-    decodes without it, as --paper-settings does)."""
+    active); returns the new text of each. `format_rules`: decode under the format's
+    rules, a verdict ends its line and an attempt is not written twice (countdown.decoding;
+    off only to reproduce code that decodes without them, as --paper-settings does)."""
     from tqdm.auto import tqdm
 
-    rule = VerdictEndsLine(model.tokenizer) if verdict_ends_line else None
+    rules = FormatRules(model.tokenizer) if format_rules else None
     outs = []
     for i in tqdm(range(0, len(prompts), batch_size), desc=desc, disable=not progress):
         outs += model.generate(list(prompts[i:i + batch_size]), max_new_tokens=max_new_tokens,
-                               logits_processor=rule).continuation
+                               logits_processor=rules).continuation
     return outs
 
 

@@ -53,7 +53,8 @@ class SmolSpec:
     p_pinned_drill: float = 0.0
     drill_from: int = 0
     # bfloat16 autocast on the CPU (about 1.6x faster a step here); the LoRA weights, their
-    # gradients and the optimiser stay float32, and the shipped model runs in float32.
+    # gradients and the optimiser stay float32; verilens.load runs the merged model in
+    # bfloat16 unless asked otherwise (models/loading.py BUILTIN_DTYPE).
     bf16: bool = True
 
 
