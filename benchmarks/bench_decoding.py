@@ -1,4 +1,4 @@
-"""The cost of countdown.decoding.FormatRules in greedy generation (issue 22, part 3).
+"""The cost of the format rules (countdown.decoding.FormatRules) in greedy generation (issue 22).
 
 countdown-tiny (the model whose steps are cheapest, so the rule's per-step Python weighs most)
 generates 100 test-split prompts, 400 new tokens, batch 50, with and without the rule, in
