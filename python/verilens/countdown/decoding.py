@@ -22,9 +22,9 @@
    demo's 400 generations; they stay in the format).
 
 Everything else is the model's greedy choice, so a generation that keeps the format (and
-has no such step) is unchanged, token for token. `FormatRules` is a Hugging Face logits processor (called with the
-ids so far and the next token's scores), and HookedModel.generate takes it as
-`logits_processor` on both of its paths."""
+has no such step) is unchanged, token for token. `FormatRules` is a Hugging Face logits
+processor (called with the ids so far and the next token's scores), and HookedModel.generate
+takes it as `logits_processor` on both of its paths."""
 from __future__ import annotations
 
 import functools
@@ -96,7 +96,9 @@ class FormatRules:
     def _no_repeated_attempt(self, row):
         """Rule 2's mask for this row, or None where the line repeats no attempt's claim."""
         tail = self._text(row[-_LINE_TOKENS:])
-        line = (tail if "\n" in tail else self._text(row)).rsplit("\n", 1)[-1]
+        if "\n" not in tail:  # no line break in 64 tokens: not an attempt line of the format
+            return None
+        line = tail.rsplit("\n", 1)[-1]
         if not line.startswith("- ") or not _AT_CLAIM.search(line):  # cheap: most steps end here
             return None
         *earlier, line = self._text(row).split("\n")
