@@ -154,6 +154,15 @@ def smollm2_dir(smollm2_gguf) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def countdown_smol_fp32(smollm2_gguf):
+    """The built-in countdown-smol loaded in float32 (SmolLM2's GGUF dequantised, the delta merged):
+    ~25 s a load here, so one for the session. Read it, do not change it."""
+    import verilens
+
+    return verilens.load("countdown-smol", dtype="float32")
+
+
 # ----------------------------------------------------------------------------- Qwen2 vocabulary
 
 # Qwen2/2.5's pre-tokenizer: digits one by one, which is how the 3B CountDown models read numbers

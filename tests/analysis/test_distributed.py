@@ -241,6 +241,7 @@ try:
     dist.gather(dist.rank())
 except VerilensError as e:
     print(e, file=sys.stderr, flush=True)
+    dist.abandon()  # as cli.main does: exit with the code, not gloo's teardown abort
     sys.exit(3)
 """
 

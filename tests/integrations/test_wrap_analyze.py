@@ -72,11 +72,12 @@ def tiny_report(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def smol(tmp_path_factory, smollm2_gguf):
-    """countdown-smol's report by verilens.load, its merged model saved as a Hugging Face folder,
-    and a fixed random probe (probe training, ~45 s a run here, is compared through every tool
-    on countdown-tiny; every other step reads the probe the same way)."""
-    loaded = verilens.load("countdown-smol", dtype="float32")  # its default is bfloat16: compare at 1e-5 in fp32
+def smol(tmp_path_factory, countdown_smol_fp32):
+    """countdown-smol's report by verilens.load (in float32: its default is bfloat16, compared at
+    1e-5 in fp32), its merged model saved as a Hugging Face folder, and a fixed random probe
+    (probe training, ~45 s a run here, is compared through every tool on countdown-tiny; every
+    other step reads the probe the same way)."""
+    loaded = countdown_smol_fp32
     folder = tmp_path_factory.mktemp("smol-merged")
     loaded.hf_model.save_pretrained(folder)
     loaded.tokenizer.save_pretrained(folder)
