@@ -370,6 +370,45 @@ def test_the_real_gguf_passes_the_check(smollm2_gguf):
     check_gguf_file(smollm2_gguf)
 
 
+@pytest.mark.parametrize("endian", ["LITTLE", "BIG"])
+def test_gguf_tensor_table_is_the_readers(tmp_path, endian):
+    """The header walk of check_gguf_file finds every tensor's end where the gguf package's
+    GGUFReader does: a fresh random file of both byte orders, with string, array and nested
+    array metadata, a non-default alignment, and float and block-quantised tensors."""
+    import mmap
+
+    import numpy as np
+
+    gguf = pytest.importorskip("gguf")
+    from verilens.models.folder import _gguf_tensor_table
+
+    rng = np.random.default_rng()
+    f = tmp_path / "random.gguf"
+    w = gguf.GGUFWriter(str(f), "llama", endianess=getattr(gguf.GGUFEndian, endian))
+    w.add_custom_alignment(256)  # general.alignment (GGUF's default: 32), and the writer pads to it
+    w.add_array("tokenizer.ggml.tokens", [f"tok{i}" * int(rng.integers(0, 4)) for i in range(int(rng.integers(1, 300)))])
+    w.add_array("x.nested", [[1, 2], [3]])
+    w.add_float32("x.f", 0.5)
+    w.add_string("x.s", "verilens")
+    for i in range(int(rng.integers(1, 6))):
+        shape = tuple(int(rng.integers(1, 5)) * 32 for _ in range(int(rng.integers(1, 3))))
+        dtype = [np.float32, np.float16][i % 2]
+        data = rng.standard_normal(shape).astype(dtype)
+        if endian == "BIG":
+            data = data.byteswap()
+        w.add_tensor(f"t{i}", data)
+    w.add_tensor("q", rng.integers(0, 255, (4, 34), dtype=np.uint8), raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    reader = gguf.GGUFReader(f)
+    want = [(t.name, int(t.data_offset) + int(t.n_bytes)) for t in reader.tensors]
+    with open(f, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        assert _gguf_tensor_table(buf, gguf.GGML_QUANT_SIZES) == want
+    del reader
+
+
 @pytest.mark.parametrize("keep,match", [
     (lambda n: n // 2, "is truncated or damaged"),
     (lambda n: n - 1, "is truncated"),
