@@ -749,7 +749,9 @@ def test_get_neuron_results_project_output_onto_1d(smollm2):
     expected = full @ direction  # [batch, pos, d_mlp]
     projected = cache.get_neuron_results(layer, project_output_onto=direction)
     assert projected.shape == expected.shape
-    assert torch.allclose(projected, expected, atol=1e-5)
+    # verilens: TL's atol=1e-5 assumes GPT-2-sized values; SmolLM2's neuron writes reach ~100, where the
+    # two summation orders differ by up to ~1e-4 (7 % of random directions failed 1e-5): scaled as below
+    assert torch.allclose(projected, expected, atol=1e-5 * max(1.0, float(full.abs().max())))
 
 
 @torch.no_grad
@@ -767,7 +769,8 @@ def test_get_neuron_results_project_output_onto_2d(smollm2):
     expected = full @ directions  # [batch, pos, d_mlp, n_outs]
     projected = cache.get_neuron_results(layer, project_output_onto=directions)
     assert projected.shape == expected.shape
-    assert torch.allclose(projected, expected, atol=1e-5)
+    # verilens: scaled to the values' size, as in the 1D test (10 % of random directions failed 1e-5)
+    assert torch.allclose(projected, expected, atol=1e-5 * max(1.0, float(full.abs().max())))
 
 
 @torch.no_grad
@@ -833,7 +836,8 @@ def test_get_full_resid_decomposition_project_output_onto_1d(smollm2):
         layer=-1, pos_slice=-1, expand_neurons=True, project_output_onto=direction
     )
     assert projected.shape == expected.shape
-    assert torch.allclose(projected, expected, atol=1e-4)
+    # verilens: TL's atol=1e-4 is below float32's rounding of SmolLM2's components (~100): scaled
+    assert torch.allclose(projected, expected, atol=1e-5 * max(1.0, float(full.abs().max())))
 
 
 @torch.no_grad
@@ -852,7 +856,8 @@ def test_get_full_resid_decomposition_project_output_onto_2d(smollm2):
         layer=-1, pos_slice=-1, expand_neurons=True, project_output_onto=directions
     )
     assert projected.shape == expected.shape
-    assert torch.allclose(projected, expected, atol=1e-4)
+    # verilens: scaled as in the 1D test (7 % of random directions failed TL's 1e-4)
+    assert torch.allclose(projected, expected, atol=1e-5 * max(1.0, float(full.abs().max())))
 
 
 @torch.no_grad
@@ -901,10 +906,8 @@ def test_stack_neuron_results_apply_ln_and_project_incl_remainder(smollm2):
     direction = torch.randn(model.cfg.d_model, device=model.cfg.device)
 
     layer = model.cfg.n_layers
-    ref = (
-        cache.stack_neuron_results(layer, pos_slice=-1, apply_ln=True, incl_remainder=True)
-        @ direction
-    )
+    full = cache.stack_neuron_results(layer, pos_slice=-1, apply_ln=True, incl_remainder=True)
+    ref = full @ direction
     fused = cache.stack_neuron_results(
         layer,
         pos_slice=-1,
@@ -913,7 +916,9 @@ def test_stack_neuron_results_apply_ln_and_project_incl_remainder(smollm2):
         project_output_onto=direction,
     )
     assert fused.shape == ref.shape
-    assert torch.allclose(fused, ref, atol=1e-5)
+    # verilens: the remainder is large on SmolLM2 even after LN; 1e-5 failed 1 of 15 random directions:
+    # scaled to the values' size as in the tests above
+    assert torch.allclose(fused, ref, atol=1e-5 * max(1.0, float(full.abs().max())))
 
 
 @torch.no_grad
